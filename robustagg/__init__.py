@@ -1,0 +1,27 @@
+"""robustagg: Byzantine-robust aggregation and collaborative learning.
+
+>>> import torch, robustagg as ra
+>>> updates = torch.randn(10, 1000)
+>>> ra.get("trimmed-mean", f=2)(updates).shape
+torch.Size([1000])
+"""
+
+from robustagg import aggregators
+from robustagg.aggregators import (
+    Aggregator,
+    NonFiniteUpdateWarning,
+    Pipeline,
+    PreAggregator,
+    available,
+    flatten,
+    get,
+    pipeline,
+    unflatten,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Aggregator", "NonFiniteUpdateWarning", "Pipeline", "PreAggregator", "aggregators", "available",
+    "flatten", "get", "pipeline", "unflatten", "__version__",
+]

@@ -1,0 +1,181 @@
+"""Fused CPU kernels for sorting-network plans, generated as straight-line numba code.
+
+For each plan the generator writes one function that loads a column's ``n``
+values into local variables, runs the pruned network with scalar
+``min``/``max`` and writes the finished statistic: one read of the input and
+one write of the output, all comparisons in registers (LLVM vectorises the
+column loop). The source goes to a cache directory so numba's on-disk cache
+makes the compile a one-time cost per plan and dtype.
+
+Threads: each kernel releases the GIL; columns are split over
+``torch.get_num_threads()`` Python threads (no numba threading layer, so the
+kernels are safe to call from several threads and after ``fork``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from robustagg.aggregators._networks import Plan
+
+_lock = threading.Lock()
+_kernels: Dict[str, Callable] = {}
+_pool: Optional[ThreadPoolExecutor] = None
+_available: Optional[bool] = None
+
+
+def available() -> bool:
+    """True when numba imports and ``ROBUSTAGG_JIT`` is not ``0``."""
+    global _available
+    if os.environ.get("ROBUSTAGG_JIT", "1") == "0":
+        return False
+    if _available is None:
+        try:
+            import numba  # noqa: F401
+
+            _available = True
+        except Exception:  # pragma: no cover - depends on the install
+            _available = False
+    return _available
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("ROBUSTAGG_CACHE_DIR")
+    if root:
+        return Path(root) / "kernels"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "robustagg" / "kernels"
+
+
+def _source(plan: Plan) -> str:
+    n, k = plan.n, plan.param
+    lines = [
+        "from numba import njit",
+        "",
+        "",
+        "@njit(nogil=True, cache=CACHE, boundscheck=False)",
+        "def kernel(X, rows, out, c0, c1, half, inv):",
+    ]
+    lines += [f"    r{i} = rows[{i}]" for i in range(n)]
+    lines.append("    for j in range(c0, c1):")
+    body = [f"x{i} = X[r{i}, j]" for i in range(n)]
+    for a, b, need_min, need_max in plan.program:
+        if need_min and need_max:
+            body.append(f"x{a}, x{b} = min(x{a}, x{b}), max(x{a}, x{b})")
+        elif need_min:
+            body.append(f"x{a} = min(x{a}, x{b})")
+        else:
+            body.append(f"x{b} = max(x{a}, x{b})")
+    mid = plan.middle
+    med = f"x{mid[0]}" if len(mid) == 1 else f"(x{mid[0]} + x{mid[1]}) * half"
+    if plan.kind == "median":
+        body.append(f"out[j] = {med}")
+    elif plan.kind == "trimmed":
+        body.append("out[j] = (" + " + ".join(f"x{i}" for i in plan.summed) + ") * inv")
+    else:
+        t = n - k
+        body.append(f"med = {med}")
+        body.append(f"best = max(med - x0, x{k - 1} - med)")
+        body.append("w = 0")
+        for w in range(1, t + 1):
+            body.append(f"cost = max(med - x{w}, x{w + k - 1} - med)")
+            body.append(f"w = {w} if cost < best else w")
+            body.append("best = cost if cost < best else best")
+        core = " + ".join(f"x{i}" for i in plan.summed) if plan.summed else "x0 - x0"
+        body.append(f"total = {core}")
+        for i in plan.loose:
+            body.append(f"total += x{i} if (w <= {i} and w + {k - 1} >= {i}) else x{i} - x{i}")
+        body.append("out[j] = total * inv")
+    lines += ["        " + line for line in body]
+    return "\n".join(lines) + "\n"
+
+
+def _load(plan: Plan) -> Callable:
+    src = _source(plan)
+    import numba
+
+    digest = hashlib.sha1((src + numba.__version__).encode()).hexdigest()[:16]
+    if digest in _kernels:
+        return _kernels[digest]
+    with _lock:
+        if digest in _kernels:
+            return _kernels[digest]
+        fn = None
+        for directory in (cache_dir(), Path(tempfile.gettempdir()) / f"robustagg-kernels-{os.getuid()}"):
+            try:
+                directory.mkdir(parents=True, exist_ok=True)
+                path = directory / f"rk_{digest}.py"
+                if not path.exists():
+                    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                    tmp.write_text(src.replace("CACHE", "True"))
+                    os.replace(tmp, path)
+                name = f"robustagg_kernels_{digest}"
+                spec = importlib.util.spec_from_file_location(name, path)
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)  # type: ignore[union-attr]
+                sys.modules[name] = module
+                fn = module.kernel
+                break
+            except OSError:
+                continue
+        if fn is None:  # no writable directory: compile without the disk cache
+            namespace: dict = {}
+            exec(compile(src.replace("CACHE", "False"), f"<robustagg kernel {digest}>", "exec"), namespace)
+            fn = namespace["kernel"]
+        _kernels[digest] = fn
+        return fn
+
+
+def _reset_pool() -> None:  # after fork the parent's worker threads do not exist
+    global _pool
+    _pool = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_pool)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None or _pool._max_workers < workers:  # type: ignore[attr-defined]
+        _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="robustagg")
+    return _pool
+
+
+def run_plan_jit(X: torch.Tensor, plan: Plan, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Evaluate ``plan`` with the compiled kernel (CPU, float32/float64 only)."""
+    kernel = _load(plan)
+    Xn = X.detach().numpy()
+    d = Xn.shape[1]
+    row_ids = np.arange(Xn.shape[0], dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
+    out = np.empty(d, dtype=Xn.dtype)
+    half = Xn.dtype.type(0.5)
+    inv = Xn.dtype.type(1.0 / plan.divisor)
+    threads = max(1, min(torch.get_num_threads(), d // 65536))
+    if threads == 1:
+        kernel(Xn, row_ids, out, 0, d, half, inv)
+    else:
+        bounds = np.linspace(0, d, threads + 1).astype(np.int64)
+        jobs: List = [
+            _executor(threads).submit(kernel, Xn, row_ids, out, int(bounds[i]), int(bounds[i + 1]), half, inv)
+            for i in range(threads)
+        ]
+        for job in jobs:
+            job.result()
+    return torch.from_numpy(out)
+
+
+def warmup_failed(exc: Exception) -> None:
+    warnings.warn(f"robustagg: compiled kernel unavailable ({exc}); using the torch path", RuntimeWarning)

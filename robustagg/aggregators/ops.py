@@ -1,0 +1,206 @@
+"""Shared kernels: every rule builds on these, none loops in Python over coordinates or pairs.
+
+* :func:`gram` and :func:`sq_distances`: all pairwise squared distances from
+  one Gram matrix, clamped at 0 with an exact zero diagonal, recomputed on
+  centred rows when the norms are so large that ``|x|^2 + |y|^2 - 2 x.y``
+  would cancel (model parameters are the usual case).
+* :func:`coordinate_median`, :func:`coordinate_trimmed_mean`,
+  :func:`coordinate_mean_around_median`: order statistics per coordinate via
+  pruned sorting networks on column chunks (``_networks.py``), fused into one
+  compiled pass on CPU when numba is present (``_jit.py``).
+* :func:`nonfinite_rows`, :func:`row_norms`, :func:`combine_rows`,
+  :func:`krum_scores`, :func:`nearest_weights`: the small pieces the rules share.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional, Tuple
+
+import torch
+
+from robustagg.aggregators import _jit, _networks
+
+#: Use the compiled kernels for inputs with at least this many entries.
+JIT_MIN_ENTRIES = int(os.environ.get("ROBUSTAGG_JIT_MIN_ENTRIES", 1 << 17))
+_backend = "auto"
+
+
+def set_backend(name: str) -> None:
+    """Choose the coordinate-wise backend: ``"auto"`` (default), ``"torch"`` or ``"jit"``."""
+    global _backend
+    if name not in ("auto", "torch", "jit"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'jit', got {name!r}")
+    _backend = name
+
+
+def get_backend() -> str:
+    return _backend
+
+
+# ---------------------------------------------------------------- rows --------
+
+
+def nonfinite_rows(X: torch.Tensor) -> torch.Tensor:
+    """Indices of rows holding NaN or +-Inf.
+
+    One read: a row with a non-finite entry has a non-finite sum; the few rows whose sum is
+    not finite (that includes finite rows whose sum overflows) are then checked exactly."""
+    suspect = torch.nonzero(~torch.isfinite(X.sum(dim=1))).flatten()
+    if suspect.numel() == 0:
+        return suspect
+    exact = ~torch.isfinite(X[suspect]).all(dim=1)
+    return suspect[exact]
+
+
+def row_norms(X: torch.Tensor) -> torch.Tensor:
+    """Euclidean norm of each row."""
+    return torch.linalg.vector_norm(X, dim=1)
+
+
+def combine_rows(weights: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """``weights @ X`` for a weight vector ``(n,)`` or matrix ``(m, n)``, in ``X``'s dtype."""
+    return weights.to(dtype=X.dtype, device=X.device) @ X
+
+
+# ------------------------------------------------------------ distances -------
+
+
+def gram(X: torch.Tensor) -> torch.Tensor:
+    """``X @ X.T``. For few long rows on CPU it sums per-block products (``bmm``), which BLAS runs
+    several times faster than one skinny product and which also accumulates more accurately."""
+    n, d = X.shape
+    blocks = 64
+    if X.device.type != "cpu" or n > 32 or d < 1 << 16:
+        return X @ X.T
+    width = d // blocks
+    head = X[:, : width * blocks].view(n, blocks, width).transpose(0, 1)
+    G = torch.bmm(head, head.transpose(1, 2)).sum(dim=0)
+    if width * blocks < d:
+        tail = X[:, width * blocks :]
+        G += tail @ tail.T
+    return G
+
+
+def _dists_from_gram(G: torch.Tensor) -> torch.Tensor:
+    diag = torch.diagonal(G)
+    D = (diag[:, None] + diag[None, :] - 2 * G).clamp_min_(0)
+    D.fill_diagonal_(0)
+    return D
+
+
+def _centred_gram(X: torch.Tensor, ref: int, chunk: int = 1 << 16) -> torch.Tensor:
+    n, d = X.shape
+    G = torch.zeros((n, n), dtype=X.dtype, device=X.device)
+    for c0 in range(0, d, chunk):
+        block = X[:, c0 : c0 + chunk] - X[ref, c0 : c0 + chunk]
+        G.addmm_(block, block.T)
+    return G
+
+
+def sq_distances(X: torch.Tensor, G: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pairwise squared distances ``D`` and the Gram matrix they came from.
+
+    ``D_ij = G_ii + G_jj - 2 G_ij`` loses all precision when ``|x_i|^2 + |x_j|^2`` dwarfs
+    ``D_ij`` (float32 keeps ~7 digits). When some pair is that close relative to its norms,
+    the Gram matrix is recomputed on rows centred at the medoid (the row with the smallest
+    total distance), which makes every distance accurate again; the returned ``G`` is then
+    that centred Gram matrix (distances and any convex combination are unchanged by it).
+    """
+    if G is None:
+        G = gram(X)
+    D = _dists_from_gram(G)
+    n = X.shape[0]
+    if n > 1:
+        diag = torch.diagonal(G)
+        scale = diag[:, None] + diag[None, :]
+        eps = torch.finfo(X.dtype).eps
+        off = ~torch.eye(n, dtype=torch.bool, device=X.device)
+        # estimated relative error of D_ij is about 16 eps scale_ij / D_ij; keep it below 1e-3
+        unsafe = (D[off] < (16 * eps / 1e-3) * scale[off]).any()
+        if bool(unsafe):
+            ref = int(torch.argmin(D.sum(dim=1)))
+            G = _centred_gram(X, ref)
+            D = _dists_from_gram(G)
+    return D, G
+
+
+def krum_scores(D: torch.Tensor, neighbours: int) -> torch.Tensor:
+    """Sum of each row's ``neighbours`` smallest distances to the *other* rows."""
+    n = D.shape[0]
+    if neighbours <= 0:
+        return torch.zeros(n, dtype=D.dtype, device=D.device)
+    masked = D.clone()
+    masked.fill_diagonal_(float("inf"))
+    return torch.topk(masked, neighbours, dim=1, largest=False, sorted=False).values.sum(dim=1)
+
+
+def nearest_weights(D: torch.Tensor, k: int) -> torch.Tensor:
+    """Averaging matrix ``W`` with ``W_ij = 1/k`` when ``j`` is among the ``k`` nearest rows of ``i``
+    (itself first, then by distance, lower index on ties)."""
+    n = D.shape[0]
+    keyed = D.to(torch.float64).clone()
+    keyed.fill_diagonal_(-1.0)
+    order = torch.sort(keyed, dim=1, stable=True).indices[:, :k]
+    W = torch.zeros((n, n), dtype=torch.float64, device=D.device)
+    W.scatter_(1, order, 1.0 / k)
+    return W
+
+
+# ---------------------------------------------------- coordinate-wise ---------
+
+
+def _run(X: torch.Tensor, plan: _networks.Plan, rows: Optional[torch.Tensor]) -> torch.Tensor:
+    use_jit = (
+        _backend != "torch"
+        and X.device.type == "cpu"
+        and X.dtype in (torch.float32, torch.float64)
+        and not X.requires_grad
+        and _jit.available()
+        and (_backend == "jit" or plan.n * X.shape[1] >= JIT_MIN_ENTRIES)
+    )
+    if use_jit:
+        try:
+            return _jit.run_plan_jit(X, plan, rows)
+        except Exception as exc:  # pragma: no cover - a broken numba install
+            if _backend == "jit":
+                raise
+            warnings.warn(f"robustagg: compiled kernel failed ({exc}); using the torch path", RuntimeWarning)
+    return _networks.run_plan_torch(X, plan, rows)
+
+
+def _count(X: torch.Tensor, rows: Optional[torch.Tensor]) -> int:
+    return X.shape[0] if rows is None else int(rows.numel())
+
+
+def coordinate_median(X: torch.Tensor, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Median of each column (mean of the two middle values for even ``n``)."""
+    return _run(X, _networks.make_plan(_count(X, rows), "median"), rows)
+
+
+def coordinate_trimmed_mean(X: torch.Tensor, trim: int, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of each column after dropping its ``trim`` largest and ``trim`` smallest values."""
+    return _run(X, _networks.make_plan(_count(X, rows), "trimmed", trim), rows)
+
+
+def coordinate_mean_around_median(X: torch.Tensor, k: int, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean of the ``k`` values of each column closest to that column's median."""
+    return _run(X, _networks.make_plan(_count(X, rows), "around", k), rows)
+
+
+def distances_to(X: torch.Tensor, v: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+    """``||x_i - v||`` for every row, from explicit differences on column chunks (no cancellation)."""
+    acc = torch.zeros(X.shape[0], dtype=torch.float64, device=X.device)
+    for c0 in range(0, X.shape[1], chunk):
+        block = X[:, c0 : c0 + chunk] - v[c0 : c0 + chunk]
+        acc += (block * block).sum(dim=1, dtype=torch.float64)
+    return acc.sqrt().to(X.dtype)
+
+
+def clip_rows(X: torch.Tensor, c: float, norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Scale each row to norm at most ``c``: ``x_i * min(1, c / ||x_i||)`` (a new tensor)."""
+    if norms is None:
+        norms = row_norms(X)
+    scale = torch.clamp(c / norms.clamp_min(torch.finfo(X.dtype).tiny), max=1.0)
+    return X * scale[:, None]

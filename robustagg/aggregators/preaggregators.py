@@ -1,0 +1,127 @@
+"""Pre-aggregators: maps from ``(n, d)`` to ``(n', d)`` that run before a rule."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from robustagg._validation import check_float, check_int
+from robustagg.aggregators import ops
+from robustagg.aggregators.base import PreAggregator
+from robustagg.aggregators.registry import register
+
+
+@register("nnm", "nearest-neighbor-mixing", "nearest-neighbour-mixing")
+class NNM(PreAggregator):
+    r"""Nearest-neighbour mixing: replace each input by the mean of its ``n - f`` nearest inputs.
+
+    .. math:: y_i = \frac{1}{n-f} \sum_{j \in N_i} x_j
+
+    where :math:`N_i` holds :math:`x_i` itself and its ``n - f - 1`` nearest other inputs
+    (Euclidean; lower index on ties). One Gram matrix plus one ``(n x n) @ (n x d)``
+    product. Needs ``n > 2f``.
+
+    References
+    ----------
+    Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, "Fixing by Mixing: A Recipe
+    for Optimal Byzantine ML under Heterogeneity", AISTATS 2023.
+    """
+
+    bound = "n > 2f"
+    uses_gram = True
+
+    def _transform(self, X, f, G):
+        D, _ = ops.sq_distances(X, G)
+        return ops.combine_rows(ops.nearest_weights(D, X.shape[0] - f), X)
+
+
+@register("bucketing")
+class Bucketing(PreAggregator):
+    r"""Bucketing: shuffle the inputs, then average consecutive groups of ``s``.
+
+    .. math:: y_j = \frac{1}{|B_j|} \sum_{i \in B_j} x_{\pi(i)}, \quad
+              B_j = \{(j-1)s + 1, \dots, \min(js, n)\}
+
+    for a uniformly random permutation :math:`\pi` drawn from a generator seeded with
+    ``seed`` (each call draws a new one; :meth:`reset` restarts the sequence), giving
+    :math:`\lceil n/s \rceil` outputs (the last bucket may be smaller).
+
+    References
+    ----------
+    Karimireddy, He, Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets via
+    Bucketing", ICLR 2022.
+    """
+
+    bound = "n > f"
+
+    def __init__(self, f: int = 0, s: int = 2, seed: int = 0) -> None:
+        super().__init__(f)
+        self.s = check_int(s, "s", minimum=1)
+        self.seed = check_int(seed, "seed")
+        self.reset()
+
+
+    def reset(self) -> None:
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def output_rows(self, n: int) -> int:
+        return math.ceil(n / self.s)
+
+    def _transform(self, X, f, G):
+        n = X.shape[0]
+        perm = torch.randperm(n, generator=self._generator)
+        buckets = self.output_rows(n)
+        W = torch.zeros((buckets, n), dtype=torch.float64)
+        for j in range(buckets):
+            members = perm[j * self.s : (j + 1) * self.s]
+            W[j, members] = 1.0 / members.numel()
+        return ops.combine_rows(W.to(X.device), X)
+
+
+@register("clipping", "static-clipping")
+class Clipping(PreAggregator):
+    r"""Static norm clipping of every input.
+
+    .. math:: y_i = x_i \cdot \min\left(1, \frac{c}{\|x_i\|}\right)
+
+    References
+    ----------
+    Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, "Boosting Robustness by Clipping
+    Gradients in Distributed Learning", arXiv:2405.14432, 2024 (static clipping baseline).
+    """
+
+    bound = "n > f"
+
+    def __init__(self, f: int = 0, c: float = 1.0) -> None:
+        super().__init__(f)
+        self.c = check_float(c, "c", minimum=0.0, strict_min=True)
+
+    def _transform(self, X, f, G):
+        return ops.clip_rows(X, self.c)
+
+
+@register("arc", "adaptive-robust-clipping")
+class ARC(PreAggregator):
+    r"""Adaptive robust clipping: clip every input to the ``(k+1)``-th largest input norm.
+
+    .. math:: k = \left\lfloor 2 \frac{f}{n} (n - f) \right\rfloor, \quad
+              \tau = \|x\|_{(k+1)}, \quad y_i = x_i \min\left(1, \frac{\tau}{\|x_i\|}\right)
+
+    where :math:`\|x\|_{(1)} \ge \|x\|_{(2)} \ge \dots` are the norms in decreasing order
+    (so the ``k`` largest are clipped). Needs ``n > 2f``.
+
+    References
+    ----------
+    Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, "Boosting Robustness by Clipping
+    Gradients in Distributed Learning", arXiv:2405.14432, 2024.
+    """
+
+    bound = "n > 2f"
+
+    def _transform(self, X, f, G):
+        n = X.shape[0]
+        k = math.floor(2 * f * (n - f) / n)
+        norms = ops.row_norms(X)
+        tau = float(torch.sort(norms, descending=True).values[k])
+        return ops.clip_rows(X, tau, norms)
