@@ -21,6 +21,17 @@ from robustagg.aggregators import (
 
 __version__ = "0.1.0"
 
+_LAZY = ("attacks", "faults", "participation", "poisoning")
+
+
+def __getattr__(name):
+    """``robustagg.attacks`` etc. are imported on first access (keeps ``import robustagg`` light)."""
+    if name in _LAZY:
+        import importlib
+
+        return importlib.import_module(f"robustagg.{name}")
+    raise AttributeError(f"module 'robustagg' has no attribute {name!r}")
+
 __all__ = [
     "Aggregator", "NonFiniteUpdateWarning", "Pipeline", "PreAggregator", "aggregators", "available",
     "flatten", "get", "pipeline", "unflatten", "__version__",
