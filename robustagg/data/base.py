@@ -1,0 +1,204 @@
+"""The :class:`Dataset` container, the dataset registry and the seeded train/test split."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import numpy as np
+import torch
+
+from robustagg._registry import Registry
+from robustagg._validation import check_choice, check_int
+
+DATASETS = Registry("dataset")
+
+TASKS = ("classification", "regression")
+
+
+@dataclass(repr=False)
+class Dataset:
+    """Train and test tensors of one dataset, with what a model needs to know about them.
+
+    Attributes
+    ----------
+    name : str
+        Registry name (``"digits"``, ``"mnist-5k"``, ...).
+    X_train, X_test : torch.Tensor
+        ``float32`` inputs of shape ``(n, *input_shape)``: images are ``(n, C, H, W)``,
+        vectors ``(n, d)``.
+    y_train, y_test : torch.Tensor
+        ``int64`` class labels of shape ``(n,)`` for classification; ``float32`` targets of
+        shape ``(n, 1)`` for regression (so ``nn.MSELoss`` needs no reshaping).
+    num_classes : int or None
+        Number of classes; ``None`` for regression.
+    input_shape : tuple of int
+        Shape of one input, e.g. ``(1, 28, 28)``.
+    task : {"classification", "regression"}
+    info : dict
+        Provenance: the source, the split seed and sizes, generator configurations.
+
+    Examples
+    --------
+    >>> from robustagg import data, models
+    >>> ds = data.load("digits")
+    >>> ds
+    Dataset('digits', train=1437, test=360, input_shape=(1, 8, 8), num_classes=10)
+    >>> net = models.build("mlp", input_shape=ds.input_shape, num_classes=ds.num_outputs)
+    """
+
+    name: str
+    X_train: torch.Tensor
+    y_train: torch.Tensor
+    X_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: Optional[int]
+    input_shape: Tuple[int, ...]
+    task: str = "classification"
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choice(self.task, "task", TASKS)
+        self.input_shape = tuple(int(s) for s in self.input_shape)
+        for split in ("train", "test"):
+            X, y = getattr(self, f"X_{split}"), getattr(self, f"y_{split}")
+            if tuple(X.shape[1:]) != self.input_shape:
+                raise ValueError(f"X_{split} has shape {tuple(X.shape)}, expected (n, *{self.input_shape})")
+            if len(X) != len(y):
+                raise ValueError(f"X_{split} has {len(X)} rows but y_{split} has {len(y)}")
+
+    @property
+    def num_outputs(self) -> int:
+        """Output units a model needs: ``num_classes``, or the target width for regression."""
+        if self.task == "classification":
+            return int(self.num_classes)  # type: ignore[arg-type]
+        return int(self.y_train.shape[1]) if self.y_train.dim() > 1 else 1
+
+    @property
+    def train_size(self) -> int:
+        return len(self.y_train)
+
+    @property
+    def test_size(self) -> int:
+        return len(self.y_test)
+
+    def partition(self, scheme: str, n_workers: int, **params: Any) -> List[np.ndarray]:
+        """Split the training set across ``n_workers``; see :func:`robustagg.data.partition`."""
+        from robustagg.data.partition import partition
+
+        return partition(scheme, self.y_train, n_workers, **params)
+
+    def __repr__(self) -> str:
+        extra = f"num_classes={self.num_classes}" if self.task == "classification" else "task='regression'"
+        return (
+            f"Dataset({self.name!r}, train={self.train_size}, test={self.test_size}, "
+            f"input_shape={self.input_shape}, {extra})"
+        )
+
+
+def load(name: str, **params: Any) -> Dataset:
+    """Build the dataset registered as ``name``.
+
+    Offline datasets: ``digits``, ``mnist-5k``, ``mnist1d``, ``synthetic``. Real loaders that
+    read (and, with ``download=True``, fetch) the official files: ``mnist``,
+    ``fashion-mnist``, ``cifar10``. Unknown names or parameters raise errors listing what
+    exists.
+
+    >>> from robustagg import data
+    >>> data.load("mnist-5k").X_train.shape
+    torch.Size([4000, 1, 28, 28])
+    """
+    return DATASETS.get(name, **params)
+
+
+def available() -> List[str]:
+    """Names of every registered dataset."""
+    return DATASETS.available()
+
+
+def default_root() -> Path:
+    """The download cache: ``$ROBUSTAGG_DATA`` if set, else ``~/.cache/robustagg/data``.
+
+    ``$XDG_CACHE_HOME`` replaces ``~/.cache`` when it is set.
+    """
+    env = os.environ.get("ROBUSTAGG_DATA")
+    if env:
+        return Path(env).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "robustagg" / "data"
+
+
+def as_labels(labels: Any) -> np.ndarray:
+    """Labels (a tensor, an array, a list or a :class:`Dataset`'s training set) as a numpy array."""
+    if isinstance(labels, Dataset):
+        labels = labels.y_train
+    if isinstance(labels, torch.Tensor):
+        labels = labels.detach().cpu().numpy()
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
+    return labels
+
+
+def stratified_split(y: np.ndarray, n_test: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of ``len(y)`` indices into ``(train, test)``.
+
+    Class ``k`` with ``c_k`` samples gives ``floor(c_k * n_test / n)`` test samples; the
+    ``n_test`` minus their sum left over go, one each, to the classes with the largest
+    fractional parts (ties: smaller class). Within a class the test samples are the first of a
+    seeded permutation. Both returned index arrays are in a seeded random order (so a prefix
+    of the training set is not one class).
+    """
+    y = np.asarray(y)
+    n = len(y)
+    n_test = check_int(n_test, "test_size", minimum=1, maximum=n - 1)
+    rng = np.random.default_rng(seed)
+    classes, counts = np.unique(y, return_counts=True)
+    exact = counts * n_test / n
+    take = np.floor(exact).astype(np.int64)
+    leftover = n_test - int(take.sum())
+    take[np.argsort(-(exact - take), kind="stable")[:leftover]] += 1
+    train, test = [], []
+    for k, t in zip(classes, take):
+        idx = rng.permutation(np.flatnonzero(y == k))
+        test.append(idx[:t])
+        train.append(idx[t:])
+    return rng.permutation(np.concatenate(train)), rng.permutation(np.concatenate(test))
+
+
+def from_arrays(
+    name: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    train_idx: Union[np.ndarray, slice],
+    test_idx: Union[np.ndarray, slice],
+    *,
+    num_classes: Optional[int],
+    task: str = "classification",
+    info: Optional[Dict[str, Any]] = None,
+) -> Dataset:
+    """A :class:`Dataset` from numpy arrays and index sets (``float32`` inputs, ``int64`` labels).
+
+    Index arrays copy; slices of a freshly built array share its memory (no copy), so
+    callers must not pass slices of a cached array.
+    """
+    label_dtype = np.int64 if task == "classification" else np.float32
+
+    def tensor(a: np.ndarray, dtype: Any) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))
+
+    return Dataset(
+        name=name,
+        X_train=tensor(X[train_idx], np.float32),
+        y_train=tensor(y[train_idx], label_dtype),
+        X_test=tensor(X[test_idx], np.float32),
+        y_test=tensor(y[test_idx], label_dtype),
+        num_classes=num_classes,
+        input_shape=tuple(X.shape[1:]),
+        task=task,
+        info=dict(info or {}),
+    )
