@@ -21,7 +21,7 @@ from robustagg.aggregators import (
 
 __version__ = "0.1.0"
 
-_LAZY = ("attacks", "faults", "participation", "poisoning")
+_LAZY = ("attacks", "data", "faults", "models", "participation", "poisoning")
 
 
 def __getattr__(name):
