@@ -271,3 +271,18 @@ def test_centered_clipping_influence_bound(case):
     tau = np.linalg.norm(honest, axis=1).max()
     out = ra.get("centered-clipping", f=f, tau=tau)(X)
     assert np.linalg.norm(out - c) <= (f / n) * (np.linalg.norm(c) + tau) * (1 + 1e-9) + 1e-9
+
+
+def test_geometric_median_can_leave_the_honest_diameter():
+    """Why the bound above is r n / (n - 2f), not the diameter: 11 honest points on a unit
+    circle, 10 outliers far on its axis; the optimum sits at 10 / sqrt(21) ~ 2.18 from the
+    honest mean (the 11 unit vectors to the circle balance the 10 to the outliers)."""
+    f = 10
+    angles = 2 * np.pi * np.arange(f + 1) / (f + 1)
+    honest = np.stack([np.zeros(f + 1), np.cos(angles), np.sin(angles)], axis=1)
+    X = np.vstack([honest, np.tile([1e6, 0.0, 0.0], (f, 1))])
+    z = ra.get("geometric-median", f=f, tol=1e-14)(X)
+    diam = max(np.linalg.norm(a - b) for a in honest for b in honest)
+    # tol is relative to an objective ~1e7: the point is pinned to ~sqrt(1e-7), not further
+    np.testing.assert_allclose(z, [f / np.sqrt(2 * f + 1), 0.0, 0.0], atol=1e-3)
+    assert np.linalg.norm(z) > diam
