@@ -196,3 +196,29 @@ def run_plan_torch(
             wires[b], owned[b] = hi, need_max
         _finish_torch(plan, wires, out[c0:c1])
     return out
+
+
+def run_plan_sorted(X: torch.Tensor, plan: Plan, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The same statistic from ``torch.sort`` over the rows, with out-of-place ops only.
+
+    The networks write into preallocated buffers (``out=``), which autograd refuses; this path
+    serves inputs that require a gradient (one sort, so slower and ``n`` times the memory).
+    """
+    if rows is not None:
+        X = X.index_select(0, rows.to(X.device))
+    if X.shape[0] != plan.n:
+        raise ValueError(f"plan is for {plan.n} rows, got {X.shape[0]}")
+    s = torch.sort(X, dim=0).values
+    mid = plan.middle
+    med = s[mid[0]] if len(mid) == 1 else (s[mid[0]] + s[mid[1]]) * 0.5
+    if plan.kind == "median":
+        return med
+    if plan.kind == "trimmed":
+        t = plan.param
+        return s[t : plan.n - t].sum(dim=0) / plan.divisor
+    k, t = plan.param, plan.n - plan.param
+    costs = torch.stack([torch.maximum(med - s[w], s[w + k - 1] - med) for w in range(t + 1)])
+    start = torch.argmin(costs.detach(), dim=0)  # the first (lowest) window on ties
+    pos = torch.arange(plan.n, device=X.device)[:, None]
+    inside = (pos >= start) & (pos < start + k)
+    return torch.where(inside, s, torch.zeros((), dtype=s.dtype, device=s.device)).sum(dim=0) / k

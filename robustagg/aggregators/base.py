@@ -28,7 +28,9 @@ class Aggregator:
     ----------
     f : int
         The declared number of Byzantine inputs. Rows holding NaN/Inf are dropped and count
-        against it; more than ``f`` of them is an error.
+        against it; more than ``f`` of them is an error. Rules that use pairwise distances
+        (``uses_gram``) also drop finite rows whose squared norm exceeds a quarter of the
+        dtype's largest value (their distances would overflow).
 
     Subclasses set ``bound`` (the requirement on ``n`` and ``f``, e.g. ``"n > 2f"``) and
     implement ``_aggregate(X, f)``.
@@ -81,8 +83,9 @@ class Aggregator:
         if self.uses_gram:
             G = ops.gram(X)
             diag = torch.diagonal(G)
-            suspect = torch.nonzero(~torch.isfinite(diag)).flatten()
-            bad = suspect  # rows whose squared norm is not finite cannot enter distances
+            # rows whose squared norm is not finite, or so large that |x|^2 + |y|^2 - 2 x.y
+            # overflows (inf - inf = NaN), cannot enter distances; NaN fails the comparison too
+            bad = torch.nonzero(~(diag <= torch.finfo(G.dtype).max / 4)).flatten()
         else:
             bad = ops.nonfinite_rows(X)
         self._kept = None

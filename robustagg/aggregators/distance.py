@@ -20,9 +20,9 @@ class Krum(Aggregator):
               \quad i^* = \operatorname*{arg\,min}_i s_i
 
     where :math:`N_i` holds the ``n - f - 2`` inputs :math:`j \ne i` closest to :math:`x_i`.
-    The lowest index wins ties. Needs ``n > 2f + 2``. After a call, ``last["selected"]``
-    holds the chosen input's index (in the caller's numbering) and ``last["scores"]``
-    the scores of the finite inputs.
+    The lowest index wins ties (with ``n - f - 2 = 1`` the two closest inputs always tie).
+    Needs ``n > 2f + 2``. After a call, ``last["selected"]`` holds the chosen input's index
+    (in the caller's numbering) and ``last["scores"]`` the scores of the finite inputs.
 
     References
     ----------
@@ -62,6 +62,8 @@ class MultiKrum(Krum):
     Byzantine Tolerant Gradient Descent", NeurIPS 2017.
     """
 
+    name = "multi-krum"  # set here: the registry keeps a name a class inherits (Krum's)
+
     def __init__(self, f: int = 0, m: Optional[int] = None) -> None:
         super().__init__(f)
         self.m = None if m is None else check_int(m, "m", minimum=1)
@@ -86,7 +88,9 @@ class Bulyan(Aggregator):
     1. Select :math:`\theta = n - 2f` inputs one at a time: each is the Krum winner of the
        inputs not selected yet, scored on that remaining set (``r`` inputs) with
        ``max(r - f - 2, 1)`` neighbours (Krum's count; at least one neighbour once the
-       remaining set is too small for it).
+       remaining set is too small for it), the lowest index on ties. With one neighbour
+       the two closest inputs always tie, so for ``f <= 2`` the selection can depend on
+       the order of the inputs.
     2. Per coordinate, average the :math:`\beta = \theta - 2f` selected values closest
        to their median:
 

@@ -25,12 +25,18 @@ class GeometricMedian(Aggregator):
     from the mean. Every iterate is a convex combination :math:`z = \sum_i \alpha_i x_i`,
     so :math:`\|z - x_i\|^2 = \alpha^\top G \alpha - 2 (G\alpha)_i + G_{ii}` comes from the
     Gram matrix ``G``: the iterations cost :math:`O(n^2)` and the data is read twice in
-    all (one Gram matrix, one final combination). It stops when an iteration lowers the
-    objective by less than ``tol / 10`` relatively (so the objective is within about
-    ``tol`` of its minimum), or after ``max_iter`` iterations. ``nu`` is relative to the
-    median pairwise distance. ``solver="cvxpy"`` solves the same problem with cvxpy
-    (a reference for small inputs; needs the ``dev`` extra). Needs ``n > 2f``.
-    ``last`` holds the weights ``alpha``, the iteration count and the objective.
+    all (one Gram matrix, one final combination). It stops when a lower bound on the
+    minimum from the dual problem (:func:`_lower_bound`) certifies
+    :math:`F(z) - \min F \le \mathrm{tol} \cdot \min F`, :math:`F` the objective above (each
+    iteration also tests the input nearest to :math:`z`, since Weiszfeld only creeps towards
+    an optimum that is an input), or after ``max_iter`` iterations. ``tol`` is relative to
+    the objective, which far outliers dominate: ask for a smaller ``tol`` to pin the point
+    down at the honest inputs' scale then. ``nu`` is relative to the median pairwise
+    distance. ``solver="cvxpy"`` solves the same problem with cvxpy (a reference for small
+    inputs; needs the ``dev`` extra). Needs ``n > 2f``.
+    ``last`` holds the weights ``alpha``, the iteration count, the objective and its
+    certified lower bound. A gradient flows through the final combination only (the
+    weights count as constants).
 
     References
     ----------
@@ -56,7 +62,7 @@ class GeometricMedian(Aggregator):
         if self.solver == "cvxpy":
             return self._cvxpy(X)
         n = X.shape[0]
-        D, G = ops.sq_distances(X, G)
+        D, G = ops.sq_distances(X.detach(), None if G is None else G.detach())
         G64 = G.to(torch.float64)
         diag = torch.diagonal(G64)
         off = D[~torch.eye(n, dtype=torch.bool, device=D.device)]
@@ -70,20 +76,27 @@ class GeometricMedian(Aggregator):
 
         dist = distances(alpha)
         objective = float(dist.sum())
+        lower = _lower_bound(G64, alpha, dist, nu)
         iterations = 0
-        for iterations in range(1, self.max_iter + 1):
+        while objective - lower > self.tol * lower and iterations < self.max_iter:
+            iterations += 1
+            # the optimum may be an input (Weiszfeld only creeps towards it): test the nearest one
+            vertex = torch.zeros_like(alpha)
+            vertex[torch.argmin(dist)] = 1.0
+            dist_v = distances(vertex)
+            lower = max(lower, _lower_bound(G64, vertex, dist_v, nu))
+            if float(dist_v.sum()) - lower <= self.tol * lower:
+                alpha, dist, objective = vertex, dist_v, float(dist_v.sum())
+                break
             w = 1.0 / dist.clamp_min(nu)
             alpha_new = w / w.sum()
             dist_new = distances(alpha_new)
             new_objective = float(dist_new.sum())
             if new_objective > objective:  # rounding noise at the optimum: keep the better point
                 break
-            alpha, dist = alpha_new, dist_new
-            done = objective - new_objective <= 0.1 * self.tol * new_objective
-            objective = new_objective
-            if done:
-                break
-        self.last = {"weights": alpha, "iterations": iterations, "objective": objective}
+            alpha, dist, objective = alpha_new, dist_new, new_objective
+            lower = max(lower, _lower_bound(G64, alpha, dist, nu))
+        self.last = {"weights": alpha, "iterations": iterations, "objective": objective, "lower_bound": lower}
         return ops.combine_rows(alpha, X)
 
     def _cvxpy(self, X):
@@ -99,3 +112,33 @@ class GeometricMedian(Aggregator):
         out = torch.from_numpy(z.value + shift)
         self.last = {"objective": float(problem.value), "status": problem.status}
         return out.to(dtype=X.dtype, device=X.device)
+
+
+def _lower_bound(G: torch.Tensor, alpha: torch.Tensor, dist: torch.Tensor, nu: float) -> float:
+    r"""A lower bound on :math:`\min_z F(z)`, :math:`F(z) = \sum_i \|z - x_i\|`, from the dual problem
+    at a point :math:`z = \sum_k \alpha_k x_k` (``dist`` holds :math:`\|z - x_i\|`).
+
+    Any :math:`v_i` with :math:`\|v_i\| \le 1` and :math:`\sum_i v_i = 0` gives the lower bound
+    :math:`L = \sum_i v_i \cdot (z - x_i) \le \min F`. We take :math:`u_i = (z - x_i)/\|z - x_i\|`
+    for the inputs farther than ``nu`` (and not the nearest), give the remaining "near" inputs
+    equal shares of :math:`-R`, :math:`R` the sum of the others (shrunk to norm <= 1 each), and
+    centre and rescale: :math:`v_i = (u_i - g/n) / (1 + \|g\|/n)`, :math:`g = \sum_i u_i`.
+    The bound is tight at the optimum, also when the optimum is an input. Every vector is a
+    combination of the inputs with coefficients summing to 0, so inner products come from ``G``.
+    """
+    n = dist.numel()
+    near = dist <= nu
+    near[torch.argmin(dist)] = True
+    m = int(near.sum())
+    inv = torch.where(near, torch.zeros_like(dist), 1.0 / dist.clamp_min(nu))
+    r = alpha * inv.sum() - inv  # coefficients of R = sum over far inputs of u_i
+    Gr = G @ r
+    norm_r = float((r @ Gr).clamp_min(0).sqrt())
+    shrink = 1.0 / max(1.0, norm_r / m)  # each near input gets u = -shrink * R / m
+    r_dot_z = float(Gr @ alpha)
+    near_term = -(shrink / m) * (m * r_dot_z - float(Gr[near].sum()))
+    inner = float(dist[~near].sum()) + near_term  # sum_i u_i . (z - x_i)
+    g_scale = 1.0 - shrink  # g = g_scale * R
+    g_dot = g_scale * (r_dot_z - float(Gr.sum()) / n)  # g . (z - mean of the inputs)
+    lower = (inner - g_dot) / (1.0 + g_scale * norm_r / n)
+    return lower

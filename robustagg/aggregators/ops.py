@@ -7,7 +7,8 @@
 * :func:`coordinate_median`, :func:`coordinate_trimmed_mean`,
   :func:`coordinate_mean_around_median`: order statistics per coordinate via
   pruned sorting networks on column chunks (``_networks.py``), fused into one
-  compiled pass on CPU when numba is present (``_jit.py``).
+  compiled pass on CPU when numba is present (``_jit.py``); inputs that require a
+  gradient take a differentiable ``torch.sort`` path instead.
 * :func:`nonfinite_rows`, :func:`row_norms`, :func:`combine_rows`,
   :func:`krum_scores`, :func:`nearest_weights`: the small pieces the rules share.
 """
@@ -67,20 +68,37 @@ def combine_rows(weights: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------ distances -------
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype inner products of ``dtype`` rows are accumulated in: float32 for the 16-bit
+    floats (float16 squares overflow past 256, bfloat16 keeps 3 digits), else ``dtype``."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def gram(X: torch.Tensor) -> torch.Tensor:
-    """``X @ X.T``. For few long rows on CPU it sums per-block products (``bmm``), which BLAS runs
-    several times faster than one skinny product and which also accumulates more accurately."""
+    """``X @ X.T``, exactly symmetric (in float32 for 16-bit inputs, column chunk by chunk).
+
+    For few long rows on CPU it sums per-block products (``bmm``), which BLAS runs several
+    times faster than one skinny product and which also accumulates more accurately. Kernels
+    may round ``G_ij`` and ``G_ji`` differently; the result is symmetrised, since exact ties
+    (Krum's lowest index wins) need ``D_ij == D_ji``."""
     n, d = X.shape
     blocks = 64
-    if X.device.type != "cpu" or n > 32 or d < 1 << 16:
-        return X @ X.T
-    width = d // blocks
-    head = X[:, : width * blocks].view(n, blocks, width).transpose(0, 1)
-    G = torch.bmm(head, head.transpose(1, 2)).sum(dim=0)
-    if width * blocks < d:
-        tail = X[:, width * blocks :]
-        G += tail @ tail.T
-    return G
+    acc = accumulation_dtype(X.dtype)
+    if acc != X.dtype:
+        G = torch.zeros((n, n), dtype=acc, device=X.device)
+        for c0 in range(0, d, 1 << 16):
+            block = X[:, c0 : c0 + (1 << 16)].to(acc)
+            G.addmm_(block, block.T)
+    elif X.device.type != "cpu" or n > 32 or d < 1 << 16:
+        G = X @ X.T
+    else:
+        width = d // blocks
+        head = X[:, : width * blocks].view(n, blocks, width).transpose(0, 1)
+        G = torch.bmm(head, head.transpose(1, 2)).sum(dim=0)
+        if width * blocks < d:
+            tail = X[:, width * blocks :]
+            G += tail @ tail.T
+    return (G + G.T) * 0.5
 
 
 def _dists_from_gram(G: torch.Tensor) -> torch.Tensor:
@@ -92,11 +110,12 @@ def _dists_from_gram(G: torch.Tensor) -> torch.Tensor:
 
 def _centred_gram(X: torch.Tensor, ref: int, chunk: int = 1 << 16) -> torch.Tensor:
     n, d = X.shape
-    G = torch.zeros((n, n), dtype=X.dtype, device=X.device)
+    acc = accumulation_dtype(X.dtype)
+    G = torch.zeros((n, n), dtype=acc, device=X.device)
     for c0 in range(0, d, chunk):
-        block = X[:, c0 : c0 + chunk] - X[ref, c0 : c0 + chunk]
+        block = X[:, c0 : c0 + chunk].to(acc) - X[ref, c0 : c0 + chunk].to(acc)
         G.addmm_(block, block.T)
-    return G
+    return (G + G.T) * 0.5
 
 
 def sq_distances(X: torch.Tensor, G: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -115,7 +134,7 @@ def sq_distances(X: torch.Tensor, G: Optional[torch.Tensor] = None) -> Tuple[tor
     if n > 1:
         diag = torch.diagonal(G)
         scale = diag[:, None] + diag[None, :]
-        eps = torch.finfo(X.dtype).eps
+        eps = torch.finfo(G.dtype).eps
         off = ~torch.eye(n, dtype=torch.bool, device=X.device)
         # estimated relative error of D_ij is about 16 eps scale_ij / D_ij; keep it below 1e-3
         unsafe = (D[off] < (16 * eps / 1e-3) * scale[off]).any()
@@ -152,6 +171,8 @@ def nearest_weights(D: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _run(X: torch.Tensor, plan: _networks.Plan, rows: Optional[torch.Tensor]) -> torch.Tensor:
+    if X.requires_grad and torch.is_grad_enabled():
+        return _networks.run_plan_sorted(X, plan, rows)
     use_jit = (
         _backend != "torch"
         and X.device.type == "cpu"
@@ -191,11 +212,12 @@ def coordinate_mean_around_median(X: torch.Tensor, k: int, rows: Optional[torch.
 
 def distances_to(X: torch.Tensor, v: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
     """``||x_i - v||`` for every row, from explicit differences on column chunks (no cancellation)."""
+    dtype = accumulation_dtype(X.dtype)
     acc = torch.zeros(X.shape[0], dtype=torch.float64, device=X.device)
     for c0 in range(0, X.shape[1], chunk):
-        block = X[:, c0 : c0 + chunk] - v[c0 : c0 + chunk]
+        block = X[:, c0 : c0 + chunk].to(dtype) - v[c0 : c0 + chunk].to(dtype)
         acc += (block * block).sum(dim=1, dtype=torch.float64)
-    return acc.sqrt().to(X.dtype)
+    return acc.sqrt().to(dtype)
 
 
 def clip_rows(X: torch.Tensor, c: float, norms: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -17,7 +17,8 @@ class Pipeline(Aggregator):
 
     Every stage but the last must be a :class:`PreAggregator`. Non-finite rows are
     dropped once, before the first stage, and count against every stage's ``f``.
-    Each stage checks its own bound on the number of rows it receives.
+    Each stage checks its own bound on the number of rows it receives and the ``f`` left
+    after the drop (as a rule called alone does).
 
     >>> import robustagg as ra
     >>> ra.pipeline(ra.get("nnm", f=2), ra.get("trimmed-mean", f=2))
@@ -74,11 +75,12 @@ class Pipeline(Aggregator):
         dropped = first.f - f
         X = first._aggregate(X, f, G)
         for stage in self.stages[1:]:
-            check_f_bound(stage.name, X.shape[0], stage.f, bound=stage.bound)
             if stage.f < dropped:
                 raise ValueError(
                     f"{dropped} non-finite updates were dropped but stage {stage.name} declares f={stage.f}"
                 )
+            # like a rule called alone: the bound holds for the rows left and the f left
+            check_f_bound(stage.name, X.shape[0], stage.f - dropped, bound=stage.bound)
             G = ops.gram(X) if stage.uses_gram else None
             X = stage._aggregate(X, stage.f - dropped, G)
         return X

@@ -123,5 +123,5 @@ class ARC(PreAggregator):
         n = X.shape[0]
         k = math.floor(2 * f * (n - f) / n)
         norms = ops.row_norms(X)
-        tau = float(torch.sort(norms, descending=True).values[k])
+        tau = float(torch.sort(norms.detach(), descending=True).values[k])
         return ops.clip_rows(X, tau, norms)
