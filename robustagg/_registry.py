@@ -36,8 +36,8 @@ class Registry:
             self._items[key] = factory  # type: ignore[assignment]
             for alias in aliases:
                 self._aliases[normalize_name(alias)] = key
-            if isinstance(factory, type) and not getattr(factory, "name", None):
-                factory.name = key  # type: ignore[attr-defined]
+            if isinstance(factory, type) and not factory.__dict__.get("name"):
+                factory.name = key  # type: ignore[attr-defined]  (not inherited from a parent rule)
             return factory
 
         return decorator

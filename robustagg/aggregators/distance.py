@@ -62,7 +62,7 @@ class MultiKrum(Krum):
     Byzantine Tolerant Gradient Descent", NeurIPS 2017.
     """
 
-    name = "multi-krum"  # set here: the registry keeps a name a class inherits (Krum's)
+    name = "multi-krum"
 
     def __init__(self, f: int = 0, m: Optional[int] = None) -> None:
         super().__init__(f)
