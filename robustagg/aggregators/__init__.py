@@ -7,13 +7,15 @@ from robustagg.aggregators.centered_clipping import CenteredClipping
 from robustagg.aggregators.convert import as_matrix, flatten, unflatten
 from robustagg.aggregators.coordinate import MeaMed, Median, TrimmedMean
 from robustagg.aggregators.distance import Bulyan, Krum, MultiKrum
+from robustagg.aggregators.flag import FlagAggregator
 from robustagg.aggregators.geometric_median import GeometricMedian
 from robustagg.aggregators.pipeline import Pipeline, pipeline
 from robustagg.aggregators.preaggregators import ARC, NNM, Bucketing, Clipping
 from robustagg.aggregators.registry import REGISTRY, available, get, register
 
 __all__ = [
-    "ARC", "Aggregator", "Bucketing", "Bulyan", "CenteredClipping", "Clipping", "GeometricMedian",
+    "ARC", "Aggregator", "Bucketing", "Bulyan", "CenteredClipping", "Clipping", "FlagAggregator",
+    "GeometricMedian",
     "Krum", "Mean", "MeaMed", "Median", "MultiKrum", "NNM", "NonFiniteUpdateWarning", "Pipeline",
     "PreAggregator", "REGISTRY", "TrimmedMean", "as_matrix", "available", "flatten", "get", "ops",
     "pipeline", "register", "unflatten",
