@@ -64,7 +64,7 @@ class Span:
 
 def objective(H: torch.Tensor) -> float:
     """Data term ``E = sum_i sqrt(max(0, 1 - ||Y^T u_i||^2))``."""
-    return float(torch.sqrt(torch.clamp(1.0 - torch.diagonal(H), min=0.0)).sum())
+    return float(torch.sqrt(torch.clamp(1.0 - torch.diagonal(H.detach()), min=0.0)).sum())
 
 
 def irls_weights(H: torch.Tensor, eps: float) -> torch.Tensor:
