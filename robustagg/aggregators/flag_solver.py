@@ -90,7 +90,7 @@ def gram_step(K: torch.Tensor, H: torch.Tensor, m: int, lam: float, eps: float,
     B = L.T @ K @ L
     vals, vecs = torch.linalg.eigh(0.5 * (B + B.T))
     vals, vecs = vals[-m:], vecs[:, -m:]
-    keep = vals > drop * max(float(vals[-1]), 0.0) if vals.numel() else vals > 0
+    keep = vals > drop * max(float(vals[-1].detach()), 0.0) if vals.numel() else vals > 0
     vals, V = vals[keep], vecs[:, keep]
     F = torch.linalg.solve_triangular(L.T, V * vals.sqrt(), upper=True)
     return Span(L, V), F @ F.T
