@@ -87,3 +87,20 @@ def check_params(factory: Callable[..., Any], params: Dict[str, Any], what: str)
             raise TypeError(
                 f"{what} has no parameter {key!r}.{hint} It takes: {', '.join(accepted) or 'nothing'}"
             )
+
+
+class ParamsRepr:
+    """``repr`` from the constructor's parameters: ``TrimmedMean(f=2)``.
+
+    Every parameter of ``__init__`` that is stored under the same attribute name is shown;
+    subclasses adjust what is shown by overriding :meth:`_params`.
+    """
+
+    def _params(self) -> Dict[str, Any]:
+        names = inspect.signature(type(self).__init__).parameters
+        return {k: getattr(self, k) for k in names if k != "self" and hasattr(self, k)}
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
+        return f"{type(self).__name__}({params})"
+

@@ -35,7 +35,7 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tu
 
 import numpy as np
 
-from robustagg._registry import Registry
+from robustagg._registry import ParamsRepr, Registry
 from robustagg._validation import check_choice, check_float, check_int
 
 REGISTRY = Registry("participation model")
@@ -75,14 +75,8 @@ def arrival_uniforms(seed: int, t: int, n: int) -> np.ndarray:
     return _round_rng(seed, t).random(n)
 
 
-class _Component:
-    """``repr`` from the constructor's parameters (shared by every part of a model)."""
-
-    def __repr__(self) -> str:
-        import inspect
-
-        names = [k for k in inspect.signature(type(self).__init__).parameters if k != "self"]
-        return f"{type(self).__name__}({', '.join(f'{k}={getattr(self, k)!r}' for k in names)})"
+class _Component(ParamsRepr):
+    """A part of a participation model (arrivals, local steps, delays)."""
 
 
 # --------------------------------------------------------------- arrival processes

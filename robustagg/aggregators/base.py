@@ -6,12 +6,12 @@ float ``(n, d)`` tensor, where every row is finite and ``f`` already counts the 
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from typing import Any, Optional, Tuple
 
 import torch
 
+from robustagg._registry import ParamsRepr
 from robustagg._validation import check_f_bound, check_int, min_inputs
 from robustagg.aggregators import ops
 from robustagg.aggregators.convert import as_matrix
@@ -21,7 +21,7 @@ class NonFiniteUpdateWarning(RuntimeWarning):
     """Some rows held NaN/Inf and were dropped (counted against ``f``)."""
 
 
-class Aggregator:
+class Aggregator(ParamsRepr):
     """Base class of every rule: ``rule(updates) -> aggregate``.
 
     Parameters
@@ -62,14 +62,6 @@ class Aggregator:
 
     def reset(self) -> None:
         """Forget any state kept between calls (no-op for stateless rules)."""
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
-        return f"{type(self).__name__}({params})"
-
-    def _params(self) -> dict:
-        names = inspect.signature(type(self).__init__).parameters
-        return {k: getattr(self, k) for k in names if k != "self" and hasattr(self, k)}
 
     # -- the shared preparation -------------------------------------------------
     def _prepare(self, X: torch.Tensor) -> Tuple[torch.Tensor, int, Optional[torch.Tensor]]:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 import torch
 
-from robustagg._registry import Registry
+from robustagg._registry import ParamsRepr, Registry
 from robustagg._validation import check_int
 
 REGISTRY = Registry("attack")
@@ -58,7 +58,7 @@ def honest_std(H: torch.Tensor) -> torch.Tensor:
     return torch.std(H, dim=0, correction=1)
 
 
-class Attack:
+class Attack(ParamsRepr):
     """Base class of every attack.
 
     Call it as ``attack(honest, f, aggregator=None, generator=None)``:
@@ -95,16 +95,6 @@ class Attack:
             return restore(H.new_empty((0, H.shape[1])))
         out = self._attack(H, f, aggregator, generator)
         return restore(out)
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in self._params().items())
-        return f"{type(self).__name__}({params})"
-
-    def _params(self) -> dict:
-        import inspect
-
-        names = inspect.signature(type(self).__init__).parameters
-        return {k: getattr(self, k) for k in names if k != "self" and hasattr(self, k)}
 
     def _attack(self, H: torch.Tensor, f: int, aggregator: Any,
                 generator: Optional[torch.Generator]) -> torch.Tensor:

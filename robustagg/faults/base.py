@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable, Optional, Tuple
 import numpy as np
 import torch
 
-from robustagg._registry import Registry
+from robustagg._registry import ParamsRepr, Registry
 from robustagg._validation import check_int
 
 REGISTRY = Registry("fault")
@@ -39,7 +39,7 @@ def as_tensor(update: Any) -> Tuple[torch.Tensor, Callable[[torch.Tensor], Any]]
     raise TypeError(f"an update must be a torch.Tensor, a numpy array or None, got {type(update).__name__}")
 
 
-class Fault:
+class Fault(ParamsRepr):
     """Base class of every fault.
 
     Parameters
@@ -91,14 +91,11 @@ class Fault:
         seed = int(self.rng(t, worker).integers(0, 2 ** 62))
         return torch.Generator(device=device).manual_seed(seed)
 
-    def __repr__(self) -> str:
-        import inspect
-
-        names = inspect.signature(type(self).__init__).parameters
-        params = {k: getattr(self, k) for k in names if k != "self" and hasattr(self, k)}
+    def _params(self) -> dict:
+        params = super()._params()
         if params.get("workers") is not None:
             params["workers"] = sorted(params["workers"])
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
+        return params
 
     def _apply(self, t: int, worker: int, X: torch.Tensor) -> Optional[torch.Tensor]:
         raise NotImplementedError
