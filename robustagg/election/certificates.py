@@ -105,6 +105,10 @@ def dp_table(size: int) -> np.ndarray:
     It is the fewest poisoned models that make two classes both overtake the
     winner when each flip lowers the two gaps by at most (2, 1) or (1, 2). Built
     once per size (row by row, vectorised) and cached; read-only.
+
+    References
+    ----------
+    Rezaei et al., "Run-Off Election", ICML 2023 (reference ``dp_calc.py``).
     """
     size = check_int(size, "size", minimum=1)
     return _dp_table(-(-size // 256) * 256)[:size, :size]
@@ -215,13 +219,15 @@ def certify(scores: Any, labels: Any, method: str, k: Optional[int] = None, d: O
         if (d not in (None, 1)) or shifts is not None:
             raise ValueError("d and shifts apply to the FA methods only")
         ctx, step = {}, chunk_size(t)
-    out = np.empty(N, np.int64)
+    out = np.full(N, -1, np.int64)
     for lo in range(0, N, step):
         r = election(t[:, lo:lo + step], run_off=roe, bits=fn is _fa_roe)
-        cert = fn(r, ctx)
-        if roe:
-            cert = np.maximum(cert, 0)
-        out[lo:lo + step] = np.where(r.winner == y[lo:lo + step], cert, -1)
+        right = np.flatnonzero(r.winner == y[lo:lo + step])  # wrong predictions keep -1
+        if right.size < r.winner.size:
+            r = r.subset(right)
+        if right.size:
+            cert = fn(r, ctx)
+            out[lo + right] = np.maximum(cert, 0) if roe else cert
     return out
 
 
@@ -232,6 +238,10 @@ def certified_accuracy(certs: Any, radii: Any) -> np.ndarray:
 
     ``radii`` may be a scalar (returns a float) or a sequence (returns an array).
     At radius 0 this is the clean accuracy.
+
+    References
+    ----------
+    Levine & Feizi, "Deep Partition Aggregation", ICLR 2021 (certified accuracy).
     """
     c = np.asarray(certs).reshape(-1)
     r = np.asarray(radii)

@@ -70,6 +70,10 @@ def pixel_sum_hash(samples: Any) -> np.ndarray:
     Returns
     -------
     numpy.ndarray of int64, shape (n,)
+
+    References
+    ----------
+    Levine & Feizi, "Deep Partition Aggregation", ICLR 2021 (reference code's hash).
     """
     arr = _as_numpy(samples)
     if arr.dtype.kind == "f":
@@ -92,6 +96,10 @@ def sha256_hash(samples: Any) -> np.ndarray:
     -------
     numpy.ndarray of object, shape (n,)
         Python integers in :math:`[0, 2^{256})`.
+
+    References
+    ----------
+    FIPS 180-4, Secure Hash Standard (SHA-256).
     """
     arr = np.ascontiguousarray(_as_numpy(samples))
     out = np.empty(arr.shape[0], dtype=object)
@@ -117,6 +125,11 @@ def fa_shifts(k: int, d: int, seed: Optional[int] = None) -> Tuple[int, ...]:
     ``random.seed(seed); random.sample(range(k * d), d)`` with
     ``seed = 999999999 + 208`` by default (done on a private ``random.Random``,
     so the global generator is untouched).
+
+    References
+    ----------
+    Wang, Levine & Feizi, "(Deterministic) Finite Aggregation", ICML 2022
+    (reference ``FiniteAggregation_data_norm_hash.py``).
     """
     k = check_int(k, "k", minimum=1)
     d = check_int(d, "d", minimum=1)

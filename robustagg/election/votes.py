@@ -67,6 +67,12 @@ class Round:
     beats: np.ndarray      # (n, C) N2(winner > c)
     not_beaten: Optional[np.ndarray] = None  # (K, n, C) bool: not s_j[winner] > s_j[c]
 
+    def subset(self, idx: np.ndarray) -> "Round":
+        """The same election restricted to the test points ``idx``."""
+        nb = None if self.not_beaten is None else self.not_beaten[:, idx]
+        return Round(self.votes[:, idx], self.counts[idx], self.first[idx], self.second[idx],
+                     self.winner[idx], self.beats[idx], nb)
+
 
 def _not_beaten(sc: np.ndarray, cls: np.ndarray) -> np.ndarray:
     """``(K, n, C)`` bool: not ``s_j[cls] > s_j[c]`` (scores hold no NaN)."""
@@ -111,7 +117,12 @@ def _predict(scores: Any, run_off: bool) -> np.ndarray:
 
 
 def vote_counts(scores: Any) -> np.ndarray:
-    """Round-1 votes :math:`N_1[c]` per test point, shape ``(N, C)``."""
+    """Round-1 votes :math:`N_1[c] = \\#\\{j : \\arg\\max s_j = c\\}` per test point, shape ``(N, C)``.
+
+    References
+    ----------
+    Levine & Feizi, "Deep Partition Aggregation", ICLR 2021.
+    """
     arr = as_scores(scores)
     N = arr.shape[1]
     out = np.empty((N, arr.shape[2]), dtype=np.int64)
