@@ -251,3 +251,15 @@ def test_time_split_is_reported():
     for key in ("t_compute", "t_attack", "t_aggregate", "t_optimizer", "time"):
         assert row[key] >= 0.0
     assert row["rows"] == 10 and row["skipped"] == 0
+
+
+def test_label_flip_workers_use_the_dataset_classes():
+    cfg = {"workers": {"n": 6, "f": 2}, "poisoning": {"name": "label-flip"}, "data": {"partition": "shards"},
+           "run": {"steps": 3, "eval_every": 3, "out_dir": ""}}
+    ps = ParameterServer(cfg)
+    for w in (4, 5):  # y -> 9 - y even when a partition lacks the top classes
+        original = ps.dataset.y_train[torch.as_tensor(ps.parts[w])]
+        assert torch.equal(torch.sort(ps.loaders[w].y).values, torch.sort(9 - original).values)
+    assert ps.loaders[0] is not None and len(ps.run()) == 1
+    p2p = PeerToPeer({**cfg, "trainer": "p2p", "workers": {"n": 7, "f": 2}}).run()
+    assert math.isfinite(p2p.last("accuracy")) and p2p.last("spread_max") >= 0

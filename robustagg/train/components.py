@@ -285,8 +285,9 @@ def _check_p2p(cfg: TrainConfig) -> None:
     if name == "nna":
         if p.mixing_params:
             raise TypeError("p2p.mixing 'nna' takes no mixing_params")
-        if not n > 2 * f:
-            raise ValueError(f"p2p.mixing 'nna' needs n > 2f (got n={n}, f={f})")
+        declared = cfg.rule_f
+        if not n > 2 * max(f, declared):
+            raise ValueError(f"p2p.mixing 'nna' needs n > 2f (got n={n}, workers.f={f}, declared f={declared})")
     elif name == "cc":
         extra = set(p.mixing_params) - {"tau"}
         if extra:

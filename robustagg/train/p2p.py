@@ -12,7 +12,8 @@ Every honest node ``i`` keeps a model :math:`\theta_i` and a momentum :math:`m_i
 5. mixing, every honest node on what it received (its own half step included):
 
    * ``nna`` (MoNNA): :math:`\theta_i \leftarrow` the average of the ``n - f`` received vectors
-     closest to :math:`\theta_i^{1/2}` (L2), its own included;
+     closest to :math:`\theta_i^{1/2}` (L2), its own included (``f`` is the declared
+     ``aggregator.f``, by default ``workers.f``);
    * ``dsgd``: the average of everything received;
    * ``cc`` (self-centred clipping):
      :math:`\theta_i \leftarrow \theta_i^{1/2} + \frac{1}{m} \sum_j \mathrm{clip}_\tau(y_j - \theta_i^{1/2})`;
@@ -159,7 +160,8 @@ class PeerToPeer(Trainer):
             D = D.clone()
             D[:k] = D[:k].masked_fill(~received, math.inf)
         if self.mixing == "nna":
-            m = (self.n - 2 * self.f) if received is not None else min(self.n - self.f, n_rows)
+            f = self.config.rule_f  # the declared f (aggregator.f, default workers.f)
+            m = (self.n - self.f - f) if received is not None else min(self.n - f, n_rows)
             return ops.combine_rows(ops.nearest_weights(D, m)[:k], Y)
         D = D[:k]
         # cc: theta_i = y_i + (1/m_i) sum_j clip_tau(y_j - y_i)

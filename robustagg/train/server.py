@@ -10,6 +10,12 @@ put the first on the workers and the rest on the server:
 3. :meth:`~ParameterServer.server_step` -- the attack builds the Byzantine updates from the
    honest ones, faults transform what is sent, the rule aggregates, the optimizer steps.
 
+A distributed runner overrides :meth:`~ParameterServer.compute` (the server broadcasts
+:math:`x_t` and the past models a stale worker needs, each process runs ``compute`` for its
+own workers, the server gathers the rows) and keeps the rest: the run loop, evaluation,
+checkpoints and result files are inherited. Every random draw is derived from
+``(run.seed, step, worker)``, so the same configuration gives the same updates in any process.
+
 References
 ----------
 Yang, Zhang, Khanduri, Liu, "Anarchic Federated Learning", ICML 2022 (AFA-CD, AFA-CS).
@@ -175,6 +181,10 @@ class ParameterServer(Trainer):
         """Attack, faults, aggregation and the optimizer step for step ``t``; ``updates`` are
         the computed rows (:meth:`compute`). Returns the timings and counters."""
         tic = self._clock()
+        for w, u in list(updates.items()):  # rows computed elsewhere (another process) join the buffer
+            if u.data_ptr() != self.U[w].data_ptr():
+                self.U[w].copy_(u)
+                updates[w] = self.U[w]
         honest = sorted(w for w in updates if w < self.h)
         if self.attack is not None and honest and self.attackers:
             H = self.U[: len(honest)] if honest == list(range(len(honest))) else torch.stack([updates[w] for w in honest])

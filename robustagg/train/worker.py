@@ -115,6 +115,7 @@ def build_loaders(dataset: Any, parts: Sequence[np.ndarray], batch_size: int, se
     """
     from robustagg.data import WorkerLoader, worker_seed
 
+    poisoner = _with_num_classes(poisoner, getattr(dataset, "num_classes", None))
     X_cpu, y_cpu = dataset.X_train, dataset.y_train
     X, y = (X_cpu, y_cpu) if device is None else (X_cpu.to(device), y_cpu.to(device))
     loaders: List[Any] = []
@@ -131,3 +132,16 @@ def build_loaders(dataset: Any, parts: Sequence[np.ndarray], batch_size: int, se
         else:
             loaders.append(None)
     return loaders
+
+
+def _with_num_classes(poisoner: Any, num_classes: Optional[int]) -> Any:
+    """Give a label-mapping poisoner the dataset's number of classes (a worker's partition may
+    miss the top classes, and ``label_flip`` would infer ``C`` from it)."""
+    import inspect
+
+    function = getattr(poisoner, "function", None)
+    if function is None or not num_classes or "num_classes" in poisoner.params:
+        return poisoner
+    if "num_classes" not in inspect.signature(function).parameters:
+        return poisoner
+    return type(poisoner)(function, **poisoner.params, num_classes=int(num_classes))
