@@ -21,7 +21,7 @@ from robustagg.aggregators import (
 
 __version__ = "0.1.0"
 
-_LAZY = ("attacks", "data", "faults", "models", "participation", "poisoning")
+_LAZY = ("attacks", "data", "faults", "models", "participation", "poisoning", "train")
 
 
 def __getattr__(name):

@@ -1,0 +1,246 @@
+"""The run loop shared by both trainers: evaluation rows, checkpoints, resume, result files."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from robustagg.train import checkpoint as ckpt
+from robustagg.train.components import load_dataset, model_factory, partition
+from robustagg.train.config import TrainConfig, load_config
+from robustagg.train.flat import FlatModel
+from robustagg.train.optim import learning_rate, resolve_schedule
+from robustagg.train.results import History, write_results
+from robustagg.train.worker import loss_function
+
+#: Keys that may differ between a checkpoint's configuration and the resuming one.
+RESUMABLE_CHANGES = (("run", "steps"), ("run", "checkpoint_every"), ("run", "out_dir"))
+
+
+class Trainer:
+    """Base class of :class:`~robustagg.train.ParameterServer` and :class:`~robustagg.train.PeerToPeer`.
+
+    Subclasses implement :meth:`step` (one training step; returns its statistics: ``loss``
+    and the ``t_*`` seconds), :meth:`_evaluate` and :meth:`_state` / :meth:`_load_state`.
+    """
+
+    kind = ""
+
+    def __init__(self, config: Any, *, dataset: Any = None) -> None:
+        self.config: TrainConfig = load_config(config)
+        cfg = self.config
+        if (cfg.trainer == "peer-to-peer") != (self.kind == "peer-to-peer"):
+            raise ValueError(f"this configuration has trainer = {cfg.trainer!r}; use "
+                             f"{'PeerToPeer' if cfg.is_p2p else 'ParameterServer'} (or robustagg.train.build)")
+        self.device = torch.device(cfg.run.device)
+        self.dataset = load_dataset(cfg) if dataset is None else dataset
+        self.classification = getattr(self.dataset, "task", "classification") == "classification"
+        self.loss_fn = loss_function(self.dataset)
+        self.parts = partition(cfg, self.dataset)
+        self.flat = FlatModel(model_factory(cfg, self.dataset)(), self.device)
+        self.X_test = self.dataset.X_test.to(self.device)
+        self.y_test = self.dataset.y_test.to(self.device)
+        self.schedule = resolve_schedule(cfg.optimizer.schedule, cfg.optimizer.schedule_params, p2p=cfg.is_p2p)
+        self.n, self.f = cfg.workers.n, cfg.workers.f
+        self.h = self.n - self.f
+        self.seed = cfg.run.seed
+        self.t = 0
+        self.history = History()
+        self.loaders: List[Any] = []
+        self._elapsed = 0.0
+        self._window: Dict[str, float] = {}
+
+    # ------------------------------------------------------------------ hooks
+    def step(self) -> Dict[str, float]:
+        """Run training step ``self.t`` and advance ``self.t``; return the step's statistics."""
+        raise NotImplementedError
+
+    def _evaluate(self) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def _state(self) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    def _load_state(self, state: Dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ helpers
+    def lr_at(self, t: int) -> float:
+        """The scheduled learning rate of step ``t``."""
+        return learning_rate(self.config.optimizer.lr, self.schedule, t, self.config.run.steps)
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    @property
+    def run_dir(self) -> Optional[Path]:
+        """``<run.out_dir>/<run.name>``, or ``None`` when ``run.out_dir`` is empty."""
+        run = self.config.run
+        return Path(run.out_dir) / run.name if run.out_dir else None
+
+    @property
+    def checkpoint_path(self) -> Optional[Path]:
+        return None if self.run_dir is None else self.run_dir / "checkpoint.pt"
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, steps: Optional[int] = None, *, resume: bool = False, stop_after: Optional[int] = None,
+            callback: Optional[Callable[[Dict[str, Any]], None]] = None, write: bool = True) -> History:
+        """Train until step ``steps`` (default ``run.steps``) and return the history.
+
+        Parameters
+        ----------
+        steps : int, optional
+            Total number of steps (not additional ones).
+        resume : bool
+            Continue from ``<out_dir>/<name>/checkpoint.pt`` when it exists (otherwise start
+            fresh). The resumed run ends with exactly the model an uninterrupted run reaches.
+        stop_after : int, optional
+            Stop, as if killed, once step ``stop_after`` is done: nothing more is written, so
+            only the last periodic checkpoint survives (used to test resuming).
+        callback : callable, optional
+            Called after every step with that step's statistics (``step``, ``loss``, ``lr``,
+            the ``t_*`` times, plus the evaluation row's columns on evaluation steps).
+        write : bool
+            Write ``config.toml``, ``metrics.csv`` and ``plot.png`` under :attr:`run_dir`.
+        """
+        cfg = self.config
+        total = cfg.run.steps if steps is None else int(steps)
+        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
+            self.load_checkpoint(self.checkpoint_path)
+        out = self.run_dir if write else None
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            ckpt.atomic_write_text(out / "config.toml", cfg.to_toml())
+        while self.t < total:
+            if stop_after is not None and self.t >= stop_after:
+                return self.history
+            tic = self._clock()
+            stats = self.step()
+            self._elapsed += self._clock() - tic
+            self._accumulate(stats)
+            info = {"step": self.t, **stats}
+            diverged = bool(stats.get("diverged", False))
+            if self.t % cfg.run.eval_every == 0 or self.t == total or diverged:
+                row = self._row()
+                if diverged:
+                    row["diverged"] = 1
+                self.history.append(row)
+                info.update(row)
+            if diverged:
+                warnings.warn(f"{self.config.run.name}: the model became non-finite at step {self.t}; "
+                              "the run stops (last history row has diverged = 1)", RuntimeWarning, stacklevel=2)
+                if callback is not None:
+                    callback(info)
+                break
+            if cfg.run.checkpoint_every and self.t % cfg.run.checkpoint_every == 0:
+                self.save_checkpoint()
+                if out is not None:
+                    self.history.to_csv(out / "metrics.csv")
+            if callback is not None:
+                callback(info)
+        if out is not None:
+            write_results(out, self.history, title=self._title())
+        return self.history
+
+    def _title(self) -> str:
+        cfg = self.config
+        threat = cfg.attack.name if cfg.attack.name != "none" else cfg.poisoning.name
+        return f"{cfg.run.name}: {cfg.data.name}, {cfg.model.name}, n={self.n}, f={self.f}, {threat}"
+
+    def _accumulate(self, stats: Dict[str, float]) -> None:
+        w = self._window
+        w["steps"] = w.get("steps", 0.0) + 1
+        loss = stats.get("loss", math.nan)
+        if math.isfinite(loss):
+            w["loss_sum"] = w.get("loss_sum", 0.0) + loss
+            w["loss_count"] = w.get("loss_count", 0.0) + 1
+        for key, value in stats.items():
+            if key.startswith("t_") or key in ("rows", "skipped"):
+                w[key] = w.get(key, 0.0) + float(value)
+        w["lr"] = float(stats.get("lr", math.nan))
+
+    def _row(self) -> Dict[str, Any]:
+        w, self._window = self._window, {}
+        steps = max(w.get("steps", 0.0), 1.0)
+        row: Dict[str, Any] = {"step": self.t}
+        count = w.get("loss_count", 0.0)
+        row["loss"] = w["loss_sum"] / count if count else math.nan
+        row.update(self._evaluate())
+        row["time"] = self._elapsed
+        for key in sorted(k for k in w if k.startswith("t_")):
+            row[key] = w[key] / steps
+        for key in ("rows", "skipped"):
+            if key in w:
+                row[key] = w[key] / steps if key == "rows" else w[key]
+        row["lr"] = w.get("lr", math.nan)
+        return row
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to continue the run (tensors and primitives only)."""
+        return {
+            "kind": self.kind,
+            "config": self.config.to_dict(),
+            "t": self.t,
+            "history": [dict(r) for r in self.history],
+            "window": dict(self._window),
+            "elapsed": self._elapsed,
+            "rng": ckpt.rng_state(),
+            "loaders": [None if ld is None else ld.state_dict() for ld in self.loaders],
+            "trainer": self._state(),
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if state.get("kind") != self.kind:
+            raise ValueError(f"the checkpoint is from a {state.get('kind')!r} run, not {self.kind!r}")
+        self._check_config(state["config"])
+        self.t = int(state["t"])
+        self.history = History(dict(r) for r in state["history"])
+        self._window = dict(state["window"])
+        self._elapsed = float(state["elapsed"])
+        ckpt.set_rng_state(state["rng"])
+        for loader, sub in zip(self.loaders, state["loaders"]):
+            if loader is not None:
+                loader.load_state_dict(sub)
+        self._load_state(state["trainer"])
+
+    def _check_config(self, saved: Dict[str, Any]) -> None:
+        now = self.config.to_dict()
+        for section, key in RESUMABLE_CHANGES:
+            saved.get(section, {}).pop(key, None)
+            now[section].pop(key, None)
+        if saved != now:
+            diffs = _differences(saved, now)
+            raise ValueError("the checkpoint was written by a different configuration; differing keys: "
+                             + ", ".join(diffs[:10]))
+
+    def save_checkpoint(self, path: Optional[Any] = None) -> Path:
+        """Write the checkpoint atomically (default: :attr:`checkpoint_path`)."""
+        path = Path(path) if path is not None else self.checkpoint_path
+        if path is None:
+            raise ValueError("no checkpoint path: set run.out_dir or pass a path")
+        ckpt.save(self.state_dict(), path)
+        return path
+
+    def load_checkpoint(self, path: Optional[Any] = None) -> None:
+        path = Path(path) if path is not None else self.checkpoint_path
+        self.load_state_dict(ckpt.load(path))
+
+    def _to_device(self, value: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        return None if value is None else value.to(self.device)
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> List[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: List[str] = []
+        for key in sorted(set(a) | set(b), key=str):
+            out += _differences(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else str(key))
+        return out
+    return [] if a == b else [f"{prefix} ({a!r} -> {b!r})"]
