@@ -88,50 +88,56 @@ class Layout:
         if not self.float_keys:
             raise ValueError("the global model has no floating-point arrays to aggregate")
         self.d = offset
+        self._keyset = frozenset(self.keys)
         self.dtype = np.result_type(*(self.dtypes[k] for k in self.float_keys))
 
     # ------------------------------------------------------------------ decoding
-    def _decode(self, key: str, arr: Array, out: np.ndarray) -> None:
-        """Write array ``key`` of a reply into ``out`` (a 1-D view), or raise MalformedReply."""
+    def _decode(self, key: str, arr: Array, out: np.ndarray, minus: Optional[np.ndarray]) -> None:
+        """Write array ``key`` of a reply (minus ``minus``) into ``out`` (1-D), or raise MalformedReply."""
         if not isinstance(arr, Array):
             raise MalformedReply(f"array {key!r} is a {type(arr).__name__}, not a flwr Array")
         if arr.stype != NUMPY_STYPE:
             raise MalformedReply(f"array {key!r} has serialization {arr.stype!r}")
-        dtype, shape = self.dtypes[key], self.shapes[key]
-        header = self._headers[key]
+        dtype, shape, header = self.dtypes[key], self.shapes[key], self._headers[key]
         data = arr.data
-        if (isinstance(data, (bytes, bytearray)) and len(data) == len(header) + out.size * dtype.itemsize
+        if (isinstance(data, bytes) and len(data) == len(header) + out.size * dtype.itemsize
                 and data.startswith(header)):
-            out[...] = np.frombuffer(data, dtype=dtype, count=out.size, offset=len(header))
-            return
-        try:
-            value = arr.numpy()
-        except Exception as exc:  # noqa: BLE001 - any decoding failure is the client's fault
-            raise MalformedReply(f"array {key!r} cannot be decoded ({type(exc).__name__}: {exc})") from None
-        if value.dtype != dtype:
-            raise MalformedReply(f"array {key!r} has dtype {value.dtype}, expected {dtype}")
-        if tuple(value.shape) != shape:
-            raise MalformedReply(f"array {key!r} has shape {tuple(value.shape)}, expected {shape}")
-        out[...] = value.ravel()
+            value = np.frombuffer(data, dtype=dtype, count=out.size, offset=len(header))
+        else:
+            try:
+                value = arr.numpy()
+            except Exception as exc:  # noqa: BLE001 - any decoding failure is the client's fault
+                raise MalformedReply(f"array {key!r} cannot be decoded ({type(exc).__name__}: {exc})") from None
+            if value.dtype != dtype:
+                raise MalformedReply(f"array {key!r} has dtype {value.dtype}, expected {dtype}")
+            if tuple(value.shape) != shape:
+                raise MalformedReply(f"array {key!r} has shape {tuple(value.shape)}, expected {shape}")
+            value = value.ravel()
+        if minus is None:
+            out[...] = value
+        else:
+            np.subtract(value, minus, out=out)
 
-    def decode_into(self, record: object, row: np.ndarray) -> None:
-        """Fill ``row`` (shape ``(d,)``) with the flattened float arrays of ``record``.
+    def decode_into(self, record: object, row: np.ndarray, minus: Optional[np.ndarray] = None) -> None:
+        """Fill ``row`` (shape ``(d,)``) with the flattened float arrays of ``record`` (minus ``minus``).
 
+        ``minus`` (shape ``(d,)``, e.g. the global model) is subtracted in the same pass.
         Raises :class:`MalformedReply` when a key is missing or extra, or an array has the
         wrong encoding, dtype or shape. Non-float arrays are checked the same way and dropped.
         """
         if not isinstance(record, ArrayRecord):
             raise MalformedReply(f"the reply's arrays are a {type(record).__name__}, not an ArrayRecord")
-        got = set(record.keys())
-        if got != set(self.keys):
-            missing, extra = sorted(set(self.keys) - got), sorted(got - set(self.keys))
+        items = dict(record.items())
+        if len(items) != len(self.keys) or items.keys() != self._keyset:
+            missing, extra = sorted(self._keyset - items.keys()), sorted(items.keys() - self._keyset)
             raise MalformedReply(f"wrong array keys (missing {missing[:5]}, unexpected {extra[:5]})")
         for key in self.keys:
-            if key in self.slices:
-                self._decode(key, record[key], row[self.slices[key]])
+            sl = self.slices.get(key)
+            if sl is not None:
+                self._decode(key, items[key], row[sl], None if minus is None else minus[sl])
             else:
                 scratch = np.empty(int(np.prod(self.shapes[key], dtype=np.int64)), dtype=self.dtypes[key])
-                self._decode(key, record[key], scratch)
+                self._decode(key, items[key], scratch, None)
 
     def flatten(self, record: ArrayRecord) -> np.ndarray:
         """The flat ``(d,)`` vector of the float arrays of ``record`` (the global model)."""
@@ -144,23 +150,24 @@ class Layout:
         """An ``ArrayRecord`` with the float arrays taken from ``flat`` and the others from ``template``."""
         out = ArrayRecord()
         for key in self.keys:
-            if key in self.slices:
-                value = np.ascontiguousarray(flat[self.slices[key]]).astype(self.dtypes[key], copy=False)
-                out[key] = Array(value.reshape(self.shapes[key]))
+            if key in self.slices:  # the bytes numpy.save would write, without its BytesIO round trip
+                value = np.ascontiguousarray(flat[self.slices[key]], dtype=self.dtypes[key])
+                out[key] = Array(dtype=str(self.dtypes[key]), shape=self.shapes[key], stype=NUMPY_STYPE,
+                                 data=self._headers[key] + value.tobytes())
             else:
                 out[key] = template[key]
         return out
 
 
 def nonfinite_rows(X: np.ndarray) -> np.ndarray:
-    """Indices of the rows of ``X`` holding NaN or Inf (one pass; float64 row sums).
+    """Indices of the rows of ``X`` holding NaN or Inf.
 
-    A float32 row of finite values cannot overflow a float64 sum, so a non-finite sum means
-    a non-finite entry; for float64 input the rows whose sum overflowed are re-checked exactly.
+    One pass of row sums: a row with a NaN/Inf entry has a non-finite sum; rows whose sum is
+    not finite only because it overflowed are re-checked entry by entry, so the answer is exact.
     """
-    sums = X.sum(axis=1, dtype=np.float64)
+    sums = X.sum(axis=1)
     suspect = np.flatnonzero(~np.isfinite(sums))
-    if X.dtype.itemsize >= 8 and suspect.size:
+    if suspect.size:
         suspect = np.array([i for i in suspect if not np.isfinite(X[i]).all()], dtype=np.int64)
     return suspect
 
@@ -175,3 +182,20 @@ def metric_scalar(metrics: object, key: str) -> Optional[float]:
         return None
     value = float(value)
     return value if np.isfinite(value) else None
+
+
+def split_records(content: object) -> Tuple[list, list]:
+    """The ArrayRecords and MetricRecords of a ``RecordDict``, in one pass.
+
+    (``RecordDict.array_records`` / ``.metric_records`` build a new type-checked dict on
+    every access, which costs more than decoding a small model.)
+    """
+    from flwr.app import MetricRecord
+
+    arrays, metrics = [], []
+    for value in content.values():  # type: ignore[attr-defined]
+        if isinstance(value, ArrayRecord):
+            arrays.append(value)
+        elif isinstance(value, MetricRecord):
+            metrics.append(value)
+    return arrays, metrics

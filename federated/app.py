@@ -99,8 +99,13 @@ class PartitionData:
         idx = torch.as_tensor(parts[int(partition_id)])
         return ds.X_train[idx], ds.y_train[idx]
 
+    def load(self):
+        """The whole :class:`robustagg.data.Dataset` (cached)."""
+        return _dataset(self.dataset, self.dataset_params)
+
     def test(self):
-        ds = _dataset(self.dataset, self.dataset_params)
+        """``(X_test, y_test)``, e.g. for :func:`central_evaluate_fn`."""
+        ds = self.load()
         return ds.X_test, ds.y_test
 
 
@@ -177,6 +182,9 @@ def build_strategy(cfg: Dict[str, Any]) -> Strategy:
 
 def _roles_from(cfg: Dict[str, Any]) -> Dict[int, Dict[str, Any]]:
     roles = {int(k): dict(v) for k, v in dict(cfg["roles"] or {}).items()}
+    if bool(cfg["attack"]) != (int(cfg["num_byzantine"]) > 0):
+        raise ValueError("set both 'attack' and 'num_byzantine' > 0 (or neither); got "
+                         f"attack={cfg['attack']!r}, num_byzantine={cfg['num_byzantine']!r}")
     if cfg["attack"]:
         for p in range(int(cfg["num_byzantine"])):
             spec = roles.setdefault(p, {})

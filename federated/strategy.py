@@ -20,7 +20,7 @@ from robustagg._validation import check_choice, check_float, check_int
 from robustagg.aggregators import Aggregator
 
 from federated import _rules
-from federated._updates import Layout, MalformedReply, metric_scalar, nonfinite_rows
+from federated._updates import Layout, MalformedReply, metric_scalar, nonfinite_rows, split_records
 
 logger = logging.getLogger("flwr.robustagg")
 
@@ -54,7 +54,8 @@ class RobustStrategy(FedAvg):
     extra keys, another shape, dtype or encoding), it holds NaN/Inf, it carries no or several
     ArrayRecords, or a node replied twice in one round (the first reply counts). When fewer
     updates remain than the rule needs (``rule.min_inputs()``, e.g. Bulyan's :math:`4f + 3`),
-    or the rule raises, the round is **skipped** with a warning and the model is unchanged.
+    or the rule raises or returns NaN/Inf, the round is **skipped** with a warning and the
+    model is unchanged.
 
     **Anarchic modes** (Yang et al., 2022; ``ALGORITHMS.md`` §4). Clients report their
     number of local steps :math:`K_i` as the ``local-steps`` metric (1 when absent; values
@@ -99,7 +100,8 @@ class RobustStrategy(FedAvg):
     history : list of dict
         One entry per aggregated round: ``round``, ``accepted`` / ``absent`` node ids,
         ``rejected`` ({node id: reason}), ``skipped`` (bool) and ``reason``, ``trusted`` /
-        ``weights`` when the rule exposes them, and ``seconds`` spent aggregating.
+        ``weights`` when the rule exposes them, ``seconds`` spent in ``aggregate_train`` and
+        ``rule_seconds`` of it in the rule itself.
 
     References
     ----------
@@ -184,12 +186,17 @@ class RobustStrategy(FedAvg):
                                               f"needs at least {needed}")
         else:
             try:
+                tic = time.perf_counter()
                 aggregate, exposed = self._aggregate(X, nodes)
-            except (ValueError, RuntimeError) as exc:
-                entry.update(skipped=True, reason=f"the rule failed: {exc}")
+                entry["rule_seconds"] = time.perf_counter() - tic
+            except Exception as exc:  # noqa: BLE001 - a failing rule skips the round, never the server
+                entry.update(skipped=True, reason=f"the rule failed: {type(exc).__name__}: {exc}")
             else:
                 entry.update(exposed)
-                arrays = self._step(aggregate)
+                if bool(torch.isfinite(aggregate).all()):
+                    arrays = self._step(aggregate)
+                else:
+                    entry.update(skipped=True, reason="the rule returned non-finite values")
         entry["seconds"] = time.perf_counter() - start
         self.history.append(entry)
         self._log(entry)
@@ -226,8 +233,7 @@ class RobustStrategy(FedAvg):
                 continue
             content = msg.content
             try:
-                records = list(content.array_records.values())
-                metric_records = list(content.metric_records.values())
+                records, metric_records = split_records(content)
                 metrics = metric_records[0] if len(metric_records) == 1 else {}
                 if not records and metric_scalar(metrics, SKIPPED_KEY):
                     absent.append(node)
@@ -245,8 +251,7 @@ class RobustStrategy(FedAvg):
                     elif k is None or k < 1:
                         raise MalformedReply(f"invalid {LOCAL_STEPS_KEY!r}: {raw!r}")
                 row = X[len(nodes)]
-                layout.decode_into(records[0], row)
-                np.subtract(row, g, out=row)
+                layout.decode_into(records[0], row, minus=g)
             except MalformedReply as exc:
                 rejected[node] = str(exc)
                 continue
@@ -348,9 +353,9 @@ def mean_metrics(records: List[Any], weighted_by_key: str = "num-examples") -> M
     sums: Dict[str, float] = {}
     counts: Dict[str, int] = {}
     for record in records:
-        for metrics in record.metric_records.values():
-            for key in metrics.keys():
-                value = metric_scalar(metrics, key)
+        for metrics in split_records(record)[1]:
+            for key, value in metrics.items():
+                value = metric_scalar({key: value}, key)
                 if value is not None:
                     sums[key] = sums.get(key, 0.0) + value
                     counts[key] = counts.get(key, 0) + 1

@@ -164,3 +164,14 @@ def test_robust_strategy_beats_fedavg_in_process(setup):
                                 evaluate_fn=evaluate)
         accuracy[name] = float(result.evaluate_metrics_serverapp[5]["accuracy"])
     assert accuracy["robust"] >= 0.8 and accuracy["fedavg"] < 0.5, accuracy
+
+
+def test_simulate_rejects_bad_configs_before_starting_ray():
+    from federated import simulate
+
+    with pytest.raises(ValueError, match="unknown simulate config"):
+        simulate({"aggregater": "krum"})
+    with pytest.raises(ValueError, match="num_byzantine"):
+        simulate({"attack": "reverse"})
+    with pytest.raises(ValueError, match="compare entries"):
+        simulate({"compare": [{"lr": 0.1}]})

@@ -20,6 +20,7 @@ Where RobustStrategy and Flower's own strategies agree and where they cannot:
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import numpy as np
@@ -114,7 +115,7 @@ def run_round(strategy, glob, replies, rnd=1):
 def _rule(name, f):
     factory = ra.aggregators.REGISTRY.resolve(name)
     params = {"f": f}
-    if "seed" in __import__("inspect").signature(factory).parameters:
+    if "seed" in inspect.signature(factory).parameters:
         params["seed"] = 0
     rule = ra.get(name, **params)
     if isinstance(rule, ra.PreAggregator):
@@ -305,9 +306,17 @@ def test_the_rule_failing_skips_the_round():
         def _aggregate(self, X, f, G):
             raise ValueError("boom")
 
+    class Nan(ra.aggregators.Mean):
+        def _aggregate(self, X, f, G):
+            return X[0] * float("nan")
+
     strategy = RobustStrategy(Broken())
     arrays, metrics = run_round(strategy, glob, replies_for(glob, U))
     assert arrays is None and metrics["skipped"] == 1 and "boom" in strategy.history[-1]["reason"]
+    strategy = RobustStrategy(Nan())
+    arrays, metrics = run_round(strategy, glob, replies_for(glob, U))
+    assert arrays is None and "non-finite" in strategy.history[-1]["reason"]
+    np.testing.assert_array_equal(strategy._global, flat(glob))
 
 
 def test_needs_the_global_arrays_first():
