@@ -38,6 +38,7 @@ from flwr.serverapp import strategy as fl
 from flwr.supercore.task_identity import TaskIdentity
 
 import robustagg as ra
+from federated import RobustStrategy
 from robustagg import models
 
 N, F = 20, 4
@@ -109,8 +110,7 @@ def bench(rules: List[str], repeats: int) -> List[Dict[str, object]]:
             print(f"{name}: not available in this tree, skipped")
             continue
         t_rule = timeit(lambda: rule.aggregate(X), repeats)
-        strategy = fl_strategy = None
-        strategy = __import__("federated").RobustStrategy(build_rule(name), fraction_evaluate=0.0)
+        strategy = RobustStrategy(build_rule(name), fraction_evaluate=0.0)
         strategy.set_global(glob)
         t_global = timeit(lambda: strategy.set_global(glob), repeats)
         t_strategy = timeit(lambda: strategy.aggregate_train(1, replies), repeats)

@@ -15,7 +15,9 @@ Keys (values are Flower config scalars: str, int, float, bool):
     ``byzantine-s=10``); ``byzantine-num-examples=N`` reports ``N`` examples (a lie).
 ``poison=<poisoning>``
     train honestly on poisoned data (``robustagg.poisoning.available()``),
-    ``poison-<param>=v`` (e.g. ``poison-fraction=0.5``).
+    ``poison-<param>=v`` (e.g. ``poison-fraction=0.5``). ``label-flip`` infers the number
+    of classes from the node's own labels: pass ``poison-num-classes`` when a partition may
+    miss the top classes.
 ``fault=<fault>``
     pass the update through a system fault (``robustagg.faults.available()``),
     ``fault-<param>=v`` (e.g. ``fault-q=0.3``); a missing update is a skipped round.

@@ -118,7 +118,7 @@ def make_client_app(model_fn: Callable[[], torch.nn.Module],
         is called every round in every worker process, so it should cache (e.g. a
         module-level ``functools.lru_cache``) and be picklable (a module-level function or
         ``functools.partial``).
-    local_steps, lr, batch_size, momentum : 
+    local_steps, lr, batch_size, momentum : int, float, int, float
         Local SGD of honest nodes (anarchic nodes draw their own number of steps).
     roles : mapping or callable, optional
         ``{partition_id: {"byzantine": "reverse", ...}}`` (see :mod:`federated._roles`), or a
@@ -173,7 +173,7 @@ def make_client_app(model_fn: Callable[[], torch.nn.Module],
         else:
             rows = []
         H = torch.from_numpy(np.stack(rows if rows else [own]))
-        generator = torch.Generator().manual_seed(_roles.derive_seed(seed, rnd, 7))
+        generator = torch.Generator().manual_seed(_roles.derive_seed(seed, rnd, 2, 2))  # apart from batch seeds
         B = attack(H, len(byz), aggregator=attack_aggregator, generator=generator)
         return B[byz.index(partition)].numpy().astype(layout.dtype, copy=False)
 
@@ -196,7 +196,7 @@ def make_client_app(model_fn: Callable[[], torch.nn.Module],
         state["last-round"] = t
 
         steps, staleness, start = local_steps, 0, g
-        model = _roles.participation_model(role, _roles.derive_seed(seed, partition, 0xA), local_steps)
+        model = _roles.participation_model(role, _roles.derive_seed(seed, partition, 1, 1), local_steps)
         if model is not None:
             history = state.setdefault("history", {})
             history[t] = g
