@@ -1,0 +1,1 @@
+"""A Flower app running robustagg's RobustStrategy and adversarial client nodes."""

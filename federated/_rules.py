@@ -1,0 +1,88 @@
+"""Building the server's rule from names or objects, and reading what it trusted."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+
+import robustagg as ra
+from robustagg.aggregators import Aggregator, Pipeline, PreAggregator
+
+RuleSpec = Union[str, Aggregator]
+
+
+def _one(spec: Any, f: int, what: str) -> Aggregator:
+    if isinstance(spec, Aggregator):
+        return spec
+    if isinstance(spec, str):
+        return ra.get(spec, f=f)
+    raise TypeError(f"{what} must be a robustagg rule or a registered name (see robustagg.available()), "
+                    f"got {type(spec).__name__}")
+
+
+def build_rule(aggregator: RuleSpec, pre: Any = None, f: int = 0) -> Aggregator:
+    """The rule the strategy calls: ``aggregator`` (a name or a rule), behind the ``pre`` stages.
+
+    Names are built with ``robustagg.get(name, f=f)``; objects are used as they are. ``pre``
+    is ``None``, one pre-aggregator or a sequence of them (names or objects).
+    """
+    rule = _one(aggregator, f, "aggregator")
+    if pre is None:
+        return rule
+    stages: Sequence[Any] = [pre] if isinstance(pre, (str, Aggregator)) else list(pre)
+    built = [_one(s, f, "pre") for s in stages]
+    for s in built:
+        if not isinstance(s, PreAggregator):
+            raise TypeError(f"pre stage {s!r} is a rule, not a pre-aggregator (nnm, bucketing, clipping, arc)")
+    if isinstance(rule, Pipeline):
+        return ra.pipeline(*built, *rule.stages)
+    return ra.pipeline(*built, rule)
+
+
+def rows_preserved(rule: Aggregator, n: int) -> bool:
+    """Whether the final stage of ``rule`` sees the ``n`` inputs in the caller's order."""
+    if not isinstance(rule, Pipeline):
+        return True
+    rows = n
+    for stage in rule.stages[:-1]:
+        rows = stage.output_rows(rows) if hasattr(stage, "output_rows") else rows
+        if getattr(stage, "name", "") == "bucketing":  # bucketing shuffles and averages rows
+            return False
+    return rows == n
+
+
+def trusted(rule: Aggregator, node_ids: List[int]) -> Dict[str, Any]:
+    """What the rule exposed about the last call, mapped to node ids.
+
+    ``selected`` (Krum, Multi-Krum, Bulyan) becomes ``{"trusted": [node ids]}``; per-input
+    ``weights`` (Flag Aggregator, geometric median) become ``{"weights": {node id: w}}``.
+    Nothing is returned when the rule exposes nothing or its final stage saw different rows.
+    """
+    last = getattr(rule, "last", None)
+    n = len(node_ids)
+    if not isinstance(last, dict) or not rows_preserved(rule, n):
+        return {}
+    out: Dict[str, Any] = {}
+    selected = last.get("selected")
+    if selected is not None:
+        try:
+            out["trusted"] = [node_ids[int(i)] for i in selected]
+        except (IndexError, TypeError, ValueError):
+            pass
+    weights = last.get("weights")
+    if weights is not None:
+        w = torch.as_tensor(weights).detach().flatten().cpu()
+        if w.numel() == n:
+            out["weights"] = {node_ids[i]: float(w[i]) for i in range(n)}
+    return out
+
+
+def per_layer_rules(rule: Aggregator, keys: List[str], cache: Optional[Dict[str, Aggregator]]) -> Dict[str, Aggregator]:
+    """One independent copy of ``rule`` per layer (stateful rules keep a state per layer)."""
+    cache = {} if cache is None else cache
+    for key in keys:
+        if key not in cache:
+            cache[key] = copy.deepcopy(rule)
+    return cache

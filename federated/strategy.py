@@ -1,0 +1,362 @@
+r"""``RobustStrategy``: any robustagg rule as a Flower strategy (Message API).
+
+The strategy subclasses Flower's :class:`~flwr.serverapp.strategy.FedAvg` and keeps its
+node sampling, message construction and evaluation plumbing; only the aggregation of
+training replies is replaced.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp.strategy import FedAvg
+
+from robustagg._validation import check_choice, check_float, check_int
+from robustagg.aggregators import Aggregator
+
+from federated import _rules
+from federated._updates import Layout, MalformedReply, metric_scalar, nonfinite_rows, split_records
+
+logger = logging.getLogger("flwr.robustagg")
+
+MODES = ("sync", "afa-cd", "afa-cs")
+LOCAL_STEPS_KEY = "local-steps"
+SKIPPED_KEY = "skipped"
+
+
+class RobustStrategy(FedAvg):
+    r"""Flower strategy that aggregates client *updates* with a Byzantine-robust rule.
+
+    Each round the strategy remembers the global arrays :math:`x_t` it sends. A reply of
+    node :math:`i` with arrays :math:`y_i` becomes the update :math:`u_i = y_i - x_t`,
+    flattened over all floating-point layers into one vector (or one per layer with
+    ``per_layer=True``). The rule :math:`R` combines the accepted updates and the server
+    steps with learning rate :math:`\eta` and heavy-ball momentum :math:`\beta`:
+
+    .. math:: m_{t+1} = \beta\, m_t + R(u_1, \dots, u_n), \qquad x_{t+1} = x_t + \eta\, m_{t+1}
+
+    With ``server_lr=1`` and no momentum, ``mean`` gives FedAvg with equal weights and every
+    translation-equivariant rule gives the same model as the rule applied to the weights.
+
+    **Client-reported sample counts are never used as weights**: a Byzantine client can
+    report any ``num-examples``, and weighting by it lets one client outweigh all the
+    others. Every accepted reply counts once; ``num-examples`` only enters the (reported,
+    unweighted) metrics.
+
+    **Failures.** Replies carrying an error, or a ``skipped`` metric and no arrays (a client
+    that chose not to take part), are *absent*. A reply is *rejected*, with a warning and
+    without stopping the server, when its arrays do not match the global arrays (missing or
+    extra keys, another shape, dtype or encoding), it holds NaN/Inf, it carries no or several
+    ArrayRecords, or a node replied twice in one round (the first reply counts). When fewer
+    updates remain than the rule needs (``rule.min_inputs()``, e.g. Bulyan's :math:`4f + 3`),
+    or the rule raises or returns NaN/Inf, the round is **skipped** with a warning and the
+    model is unchanged.
+
+    **Anarchic modes** (Yang et al., 2022; ``ALGORITHMS.md`` §4). Clients report their
+    number of local steps :math:`K_i` as the ``local-steps`` metric (1 when absent; values
+    that are not finite and >= 1 reject the reply); the update becomes the per-step average
+    :math:`u_i / K_i`, i.e. :math:`-\eta_L G_i` for a worker that ran :math:`K_i` SGD
+    steps with step :math:`\eta_L`.
+
+    * ``"afa-cd"`` (cross-device): the rule combines the updates that arrived this round.
+    * ``"afa-cs"`` (cross-silo): the server stores the latest update of every node, keyed by
+      node id, zero for a node not heard from yet; arrivals overwrite their entry and the rule
+      combines all :math:`M` stored updates, even in a round in which nobody arrives. The
+      :math:`M` nodes are those the grid reports as connected when a round is configured
+      (:meth:`flwr.serverapp.Grid.get_node_ids`), plus any node that replied; a node that
+      connects later joins with a zero entry. Set ``server_lr`` to about the mean number of
+      local steps to match the scale of ``"sync"``.
+
+    Parameters
+    ----------
+    aggregator : str or robustagg.Aggregator
+        A rule or pipeline object, or a registered name built with ``robustagg.get(name, f=f)``.
+    pre : str, robustagg.PreAggregator or sequence of them, optional
+        Pre-aggregators applied before ``aggregator`` (e.g. ``"nnm"``).
+    f : int
+        Declared number of Byzantine clients, used only to build rules given by name.
+    server_lr : float
+        Server learning rate :math:`\eta` (> 0).
+    server_momentum : float
+        Server momentum :math:`\beta \in [0, 1)`.
+    per_layer : bool
+        Aggregate each floating-point array separately, with its own copy of the rule.
+    mode : {"sync", "afa-cd", "afa-cs"}
+    **fedavg_kwargs
+        Passed to :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train``,
+        ``min_train_nodes``, ``min_available_nodes``, ``fraction_evaluate``, ...).
+        ``train_metrics_aggr_fn`` / ``evaluate_metrics_aggr_fn`` default here to an
+        unweighted mean of the clients' scalar metrics.
+
+    Attributes
+    ----------
+    rule : robustagg.Aggregator
+        The rule (pipeline) applied to the updates.
+    history : list of dict
+        One entry per aggregated round: ``round``, ``accepted`` / ``absent`` node ids,
+        ``rejected`` ({node id: reason}), ``skipped`` (bool) and ``reason``, ``trusted`` /
+        ``weights`` when the rule exposes them, ``seconds`` spent in ``aggregate_train`` and
+        ``rule_seconds`` of it in the rule itself.
+
+    References
+    ----------
+    Beutel, Topal, Mathur, Qiu, Fernandez-Marques, Gao, Sani, Li, Parcollet, de Gusmão,
+    Lane, "Flower: A Friendly Federated Learning Research Framework", arXiv:2007.14390, 2020.
+    McMahan, Moore, Ramage, Hampson, Agüera y Arcas, "Communication-Efficient Learning of
+    Deep Networks from Decentralized Data", AISTATS 2017.
+    Yang, Zhang, Khanduri, Liu, "Anarchic Federated Learning", ICML 2022.
+    The rules' own papers are cited in their docstrings (``robustagg.get(name).__doc__``).
+    """
+
+    def __init__(self, aggregator: Any, *, pre: Any = None, f: int = 0, server_lr: float = 1.0,
+                 server_momentum: float = 0.0, per_layer: bool = False, mode: str = "sync",
+                 **fedavg_kwargs: Any) -> None:
+        fedavg_kwargs.setdefault("train_metrics_aggr_fn", mean_metrics)
+        fedavg_kwargs.setdefault("evaluate_metrics_aggr_fn", mean_metrics)
+        super().__init__(**fedavg_kwargs)
+        self.rule: Aggregator = _rules.build_rule(aggregator, pre, check_int(f, "f", minimum=0))
+        self.server_lr = check_float(server_lr, "server_lr", minimum=0.0, strict_min=True)
+        self.server_momentum = check_float(server_momentum, "server_momentum", minimum=0.0, maximum=1.0,
+                                           strict_max=True)
+        if not isinstance(per_layer, bool):
+            raise TypeError(f"per_layer must be a bool, got {per_layer!r}")
+        self.per_layer = per_layer
+        self.mode = check_choice(mode, "mode", MODES)
+        self.history: List[Dict[str, Any]] = []
+        self._layout: Optional[Layout] = None
+        self._global: Optional[np.ndarray] = None
+        self._global_record: Optional[ArrayRecord] = None
+        self._momentum: Optional[torch.Tensor] = None
+        self._layer_rules: Dict[str, Aggregator] = {}
+        self._known_nodes: Dict[int, None] = {}  # insertion-ordered set
+        self._store: Dict[int, torch.Tensor] = {}  # AFA-CS: latest update of each node
+
+    # ----------------------------------------------------------------- Flower API
+    def summary(self) -> None:
+        logger.info("\t├──> RobustStrategy: rule %r, mode %s, server lr %g, momentum %g%s",
+                    self.rule, self.mode, self.server_lr, self.server_momentum,
+                    ", per layer" if self.per_layer else "")
+        super().summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Any) -> Iterable[Message]:
+        """Remember the global arrays sent this round, then sample nodes as FedAvg does."""
+        self.set_global(arrays)
+        try:
+            for node in grid.get_node_ids():
+                self._known_nodes.setdefault(int(node), None)
+        except Exception as exc:  # noqa: BLE001 - a grid without node ids still trains
+            logger.debug("could not list the grid's nodes: %s", exc)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def set_global(self, arrays: ArrayRecord) -> None:
+        """Set the global arrays :math:`x_t` the next replies are compared with."""
+        layout = self._layout
+        if layout is None or list(arrays.keys()) != layout.keys or any(
+                tuple(arrays[k].shape) != layout.shapes[k] or np.dtype(arrays[k].dtype) != layout.dtypes[k]
+                for k in layout.keys):
+            layout = Layout(arrays)
+            if self._layout is not None:  # the model changed: server state no longer fits
+                self._momentum, self._store, self._layer_rules = None, {}, {}
+        self._layout, self._global_record = layout, arrays
+        self._global = layout.flatten(arrays)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> Tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
+        """Robustly aggregate the updates of this round's replies (see the class docstring)."""
+        if self._layout is None or self._global is None:
+            raise RuntimeError("RobustStrategy.aggregate_train needs the global arrays: call "
+                               "configure_train (Strategy.start does) or set_global first")
+        start = time.perf_counter()
+        replies = list(replies)
+        entry: Dict[str, Any] = {"round": int(server_round), "skipped": False, "reason": ""}
+        X, nodes, contents, rejected, absent = self._collect(replies)
+        entry.update(accepted=list(nodes), rejected=rejected, absent=absent)
+        if self.mode == "afa-cs":
+            X, nodes = self._cross_silo(X, nodes)
+        arrays = None
+        needed = self.rule.min_inputs()
+        if len(nodes) < needed:
+            entry.update(skipped=True, reason=f"{len(nodes)} usable update(s) but {self.rule.name or 'the rule'} "
+                                              f"needs at least {needed}")
+        else:
+            try:
+                tic = time.perf_counter()
+                aggregate, exposed = self._aggregate(X, nodes)
+                entry["rule_seconds"] = time.perf_counter() - tic
+            except Exception as exc:  # noqa: BLE001 - a failing rule skips the round, never the server
+                entry.update(skipped=True, reason=f"the rule failed: {type(exc).__name__}: {exc}")
+            else:
+                entry.update(exposed)
+                if bool(torch.isfinite(aggregate).all()):
+                    arrays = self._step(aggregate)
+                else:
+                    entry.update(skipped=True, reason="the rule returned non-finite values")
+        entry["seconds"] = time.perf_counter() - start
+        self.history.append(entry)
+        self._log(entry)
+        metrics = self._train_metrics(contents, entry)
+        return arrays, metrics
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> Optional[MetricRecord]:
+        """Unweighted mean of the evaluation metrics of the replies without error (never raises)."""
+        contents = [m.content for m in replies if not m.has_error() and m.has_content()]
+        if not contents:
+            return None
+        try:
+            return self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key)
+        except Exception as exc:  # noqa: BLE001 - a malformed metric must not stop the server
+            logger.warning("aggregate_evaluate: metrics not aggregated (%s)", exc)
+            return None
+
+    # ----------------------------------------------------------------- internals
+    def _collect(self, replies: List[Message]):
+        """Decode the replies into an ``(n, d)`` update matrix, rejecting malformed ones."""
+        layout, g = self._layout, self._global
+        X = np.empty((len(replies), layout.d), dtype=layout.dtype)
+        nodes: List[int] = []
+        contents: List[Any] = []
+        steps: List[float] = []
+        rejected: Dict[int, str] = {}
+        absent: List[int] = []
+        seen = set()
+        for msg in replies:
+            node = int(msg.metadata.src_node_id)
+            self._known_nodes.setdefault(node, None)
+            if msg.has_error() or not msg.has_content():
+                absent.append(node)
+                continue
+            content = msg.content
+            try:
+                records, metric_records = split_records(content)
+                metrics = metric_records[0] if len(metric_records) == 1 else {}
+                if not records and metric_scalar(metrics, SKIPPED_KEY):
+                    absent.append(node)
+                    continue
+                if node in seen:
+                    raise MalformedReply("a second reply from this node in one round (replayed?)")
+                if len(records) != 1:
+                    raise MalformedReply(f"expected one ArrayRecord, got {len(records)}")
+                k = 1.0
+                if self.mode != "sync":
+                    k = metric_scalar(metrics, LOCAL_STEPS_KEY)
+                    raw = metrics.get(LOCAL_STEPS_KEY) if hasattr(metrics, "get") else None
+                    if k is None and raw is None:
+                        k = 1.0
+                    elif k is None or k < 1:
+                        raise MalformedReply(f"invalid {LOCAL_STEPS_KEY!r}: {raw!r}")
+                row = X[len(nodes)]
+                layout.decode_into(records[0], row, minus=g)
+            except MalformedReply as exc:
+                rejected[node] = str(exc)
+                continue
+            seen.add(node)
+            nodes.append(node)
+            contents.append(content)
+            steps.append(k)
+        X = X[: len(nodes)]
+        bad = nonfinite_rows(X)
+        if bad.size:
+            for i in bad:
+                rejected[nodes[i]] = "non-finite values (NaN/Inf)"
+            keep = np.setdiff1d(np.arange(len(nodes)), bad)
+            X, nodes = X[keep], [nodes[i] for i in keep]
+            contents, steps = [contents[i] for i in keep], [steps[i] for i in keep]
+        if self.mode != "sync" and any(k != 1.0 for k in steps):
+            X /= np.asarray(steps, dtype=X.dtype)[:, None]
+        return torch.from_numpy(X), nodes, contents, rejected, absent
+
+    def _cross_silo(self, X: torch.Tensor, nodes: List[int]) -> Tuple[torch.Tensor, List[int]]:
+        """AFA-CS: overwrite the arrivals' stored updates, return all ``M`` stored updates."""
+        for i, node in enumerate(nodes):
+            self._store[node] = X[i].clone()
+        everyone = list(self._known_nodes)
+        d = self._layout.d
+        M = torch.zeros((len(everyone), d), dtype=X.dtype)
+        for j, node in enumerate(everyone):
+            if node in self._store:
+                M[j] = self._store[node]
+        return M, everyone
+
+    def _aggregate(self, X: torch.Tensor, nodes: List[int]) -> Tuple[torch.Tensor, Dict[str, Any]]:
+        if not self.per_layer:
+            out = self.rule.aggregate(X)
+            return out, _rules.trusted(self.rule, nodes)
+        layout = self._layout
+        rules = _rules.per_layer_rules(self.rule, layout.float_keys, self._layer_rules)
+        out = torch.empty(layout.d, dtype=X.dtype)
+        per_layer: Dict[str, Any] = {}
+        for key in layout.float_keys:
+            sl = layout.slices[key]
+            out[sl] = rules[key].aggregate(X[:, sl].contiguous())
+            exposed = _rules.trusted(rules[key], nodes)
+            if exposed:
+                per_layer[key] = exposed
+        return out, ({"per_layer": per_layer} if per_layer else {})
+
+    def _step(self, aggregate: torch.Tensor) -> ArrayRecord:
+        """Server step: momentum, learning rate; returns (and keeps) the new global arrays."""
+        direction = aggregate
+        if self.server_momentum > 0:
+            if self._momentum is None:
+                self._momentum = torch.zeros_like(aggregate)
+            self._momentum.mul_(self.server_momentum).add_(aggregate)
+            direction = self._momentum
+        new = self._global + self.server_lr * direction.numpy().astype(self._global.dtype, copy=False)
+        record = self._layout.to_record(new, self._global_record)
+        self._global, self._global_record = new, record
+        return record
+
+    def _log(self, e: Dict[str, Any]) -> None:
+        for node, reason in e["rejected"].items():
+            logger.warning("round %d: rejected the reply of node %d: %s", e["round"], node, reason)
+        if e["absent"]:
+            logger.info("round %d: no update from node(s) %s", e["round"], e["absent"])
+        if e["skipped"]:
+            logger.warning("round %d skipped, model unchanged: %s", e["round"], e["reason"])
+            return
+        if "trusted" in e:
+            logger.info("round %d: %s trusted node(s) %s", e["round"], self.rule.name, e["trusted"])
+        if "weights" in e:
+            logger.info("round %d: %s weights %s", e["round"], self.rule.name,
+                        {k: round(v, 4) for k, v in e["weights"].items()})
+        if "per_layer" in e:
+            logger.info("round %d: %s per layer %s", e["round"], self.rule.name, e["per_layer"])
+
+    def _train_metrics(self, contents: List[Any], entry: Dict[str, Any]) -> MetricRecord:
+        metrics = MetricRecord()
+        if contents:
+            try:
+                metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) or MetricRecord()
+            except Exception as exc:  # noqa: BLE001 - metrics are reporting only
+                logger.warning("round %d: train metrics not aggregated (%s)", entry["round"], exc)
+        metrics["num-accepted"] = len(entry["accepted"])
+        metrics["num-rejected"] = len(entry["rejected"])
+        metrics["num-absent"] = len(entry["absent"])
+        metrics["skipped"] = int(entry["skipped"])
+        return metrics
+
+
+def mean_metrics(records: List[Any], weighted_by_key: str = "num-examples") -> MetricRecord:
+    """Unweighted mean of every finite scalar metric over the replies that report it.
+
+    Replacement for Flower's ``aggregate_metricrecords``, which weights by the clients'
+    ``num-examples`` (a Byzantine client can report any count) and raises on replies whose
+    metric keys differ. ``weighted_by_key`` is accepted for signature compatibility and
+    summed instead of averaged.
+    """
+    sums: Dict[str, float] = {}
+    counts: Dict[str, int] = {}
+    for record in records:
+        for metrics in split_records(record)[1]:
+            for key, value in metrics.items():
+                value = metric_scalar({key: value}, key)
+                if value is not None:
+                    sums[key] = sums.get(key, 0.0) + value
+                    counts[key] = counts.get(key, 0) + 1
+    return MetricRecord({k: (sums[k] if k == weighted_by_key else sums[k] / counts[k]) for k in sums})
