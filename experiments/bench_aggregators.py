@@ -28,7 +28,9 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import robustagg as ra  # noqa: E402
+from bench_doc import write_section  # noqa: E402
 
 RULES = ["mean", "median", "trimmed-mean", "meamed", "geometric-median", "krum", "multi-krum", "bulyan",
          "centered-clipping", "nnm", "bucketing", "clipping", "arc"]
@@ -129,20 +131,27 @@ def bench_size(n: int, d: int, repeats: int, rules: List[str], byzfl) -> Dict:
     return {"n": n, "d": d, "f": f, "read": read, "gram": gram, "rows": rows, "bytes": X.nbytes}
 
 
-def extra_rows(n: int, d: int, quick: bool) -> List[Dict]:
-    """Rows contributed by other benchmark modules (Flag Aggregator), when present."""
-    rows = []
-    try:
-        from bench_flag import flag_benchmark_rows  # type: ignore
-    except ImportError:
-        return rows
-    rows.extend(flag_benchmark_rows(n, d, quick=quick))
-    return rows
+def flag_section(quick: bool) -> str:
+    """The Flag Aggregator rows (issue targets: <= 4x one Gram matrix, >= 10x faster than the SVD path)."""
+    from bench_flag import FULL_SIZES, QUICK_SIZES, flag_benchmark_rows, format_table
+
+    rows = flag_benchmark_rows(sizes=QUICK_SIZES if quick else FULL_SIZES, repeats=3 if quick else 5)
+    return "\n".join([
+        "## Flag Aggregator",
+        "",
+        "FA with iters = 5 (float32, CPU). `x gram` divides by `ops.gram(X)` (the Gram matrix the rule "
+        "computes first); the `x@x.T` row gives the plain product's time for the same input. `init=random` "
+        "is the reference's seeded d x m draw (serial CPU random numbers); `init=data` needs no draw "
+        "(see docs/flag.md). The SVD path is the literal reference iteration, run once.",
+        "",
+        format_table(rows),
+        "",
+    ])
 
 
 def markdown(results: List[Dict], peers: bool) -> str:
     lines = [
-        "# Benchmarks: aggregation rules",
+        "## Aggregation rules",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__} with {torch.get_num_threads()} threads, float32 on CPU. "
@@ -156,7 +165,7 @@ def markdown(results: List[Dict], peers: bool) -> str:
     ]
     for res in results:
         lines += [
-            f"## n = {res['n']}, d = {res['d']:,} (f = {res['f']}; input {res['bytes'] / 2**20:.0f} MiB)",
+            f"### n = {res['n']}, d = {res['d']:,} (f = {res['f']}; input {res['bytes'] / 2**20:.0f} MiB)",
             "",
             f"Floors: read {res['read'] * 1e3:.1f} ms, Gram {res['gram'] * 1e3:.1f} ms.",
             "",
@@ -179,20 +188,14 @@ def markdown(results: List[Dict], peers: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--rules", nargs="*", default=RULES)
     parser.add_argument("--no-peers", action="store_true", help="skip ByzFL even when installed")
-    parser.add_argument("--write", type=Path, help="write the markdown table here")
+    parser.add_argument("--no-flag", action="store_true", help="skip the Flag Aggregator section")
+    parser.add_argument("--write", type=Path, help="write the sections into this markdown file")
     args = parser.parse_args(argv)
     sizes = [(15, 20_000), (30, 20_000)] if args.quick else [(15, 10**6), (60, 10**6), (15, 11 * 10**6)]
     byzfl = None if args.no_peers else load_byzfl()
@@ -201,11 +204,15 @@ def main(argv=None) -> None:
         print(f"n = {n}, d = {d:,}", flush=True)
         results.append(bench_size(n, d, args.repeats, args.rules, byzfl))
     text = markdown(results, byzfl is not None)
+    flag = None if args.no_flag else flag_section(args.quick)
     if args.write:
-        write_atomic(args.write, text)
+        write_section(args.write, "aggregators", text)
+        if flag:
+            write_section(args.write, "flag", flag)
         print(f"wrote {args.write}")
     else:
         print(text)
+        print(flag or "")
 
 
 if __name__ == "__main__":
