@@ -16,6 +16,8 @@ from typing import List, Optional
 #: (name, module holding add_arguments/run, one-line help)
 SUBCOMMANDS = [
     ("list", "robustagg.cli", "list rules, attacks, faults, poisoning, participation models, datasets, models"),
+    ("certify", "robustagg.election.cli", "certified accuracy of saved ensemble scores (DPA, FA, run-off election)"),
+    ("election", "robustagg.election.cli", "train and certify a DPA/FA ensemble from a TOML configuration"),
 ]
 
 
