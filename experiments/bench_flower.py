@@ -142,9 +142,10 @@ def print_table(rows: List[Dict[str, object]], d: int) -> None:
 def simulate_short(rule: str, rounds: int) -> None:
     from federated import simulate
 
-    history = simulate({"dataset": "mnist-5k", "model": "fa-cnn", "nodes": N, "rounds": rounds,
-                        "aggregator": rule, "f": F, "local_steps": 5, "lr": 0.1, "num_cpus": 2,
-                        "ray_temp_dir": "/tmp/ray_robustagg_bench"})
+    config = {"data": {"name": "mnist-5k"}, "model": {"name": "fa-cnn"}, "mode": "fedavg",
+              "workers": {"n": N, "f": 0, "local_steps": 5}, "aggregator": {"name": rule, "f": F},
+              "optimizer": {"lr": 1.0, "local_lr": 0.1}, "run": {"steps": rounds, "eval_every": rounds, "out_dir": ""}}
+    history = simulate(config, flower={"num_cpus": 2, "ray_temp_dir": "/tmp/ray_robustagg_bench"})
     for e in history["strategy"]:
         print(f"simulation round {e['round']}: aggregate_train {1e3 * e['seconds']:.2f} ms, "
               f"rule {1e3 * e.get('rule_seconds', float('nan')):.2f} ms, accepted {len(e['accepted'])}")

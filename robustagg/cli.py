@@ -16,6 +16,7 @@ from typing import List, Optional
 #: (name, module holding add_arguments/run, one-line help)
 SUBCOMMANDS = [
     ("list", "robustagg.cli", "list rules, attacks, faults, poisoning, participation models, datasets, models"),
+    ("flower", "robustagg.flower_cli", "run a training configuration as a Flower simulation (needs robustagg[flower])"),
 ]
 
 
