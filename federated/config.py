@@ -14,6 +14,7 @@ TrainConfig key            on Flower
 ``model.*``                the model and its initial weights (seed from ``run.seed``)
 ``workers.n``              number of virtual SuperNodes
 ``workers.f``              the last ``f`` nodes (``n-f .. n-1``) are Byzantine, as in ``train``
+                           (without ``attack`` or ``poisoning`` they send nothing, as there)
 ``workers.batch_size``     local batch size
 ``workers.local_steps``    local SGD steps per round (``K``)
 ``attack.*``               the Byzantine nodes send the attack's update (omniscient channel,
@@ -253,6 +254,9 @@ def roles(cfg: TrainConfig, num_classes: Optional[int] = None) -> Dict[int, Dict
             params.setdefault("num_classes", int(num_classes))
         for p in byzantine:
             table[p].update({"poison": cfg.poisoning.name, **{f"poison-{k}": v for k, v in params.items()}})
+    if cfg.attack.name == "none" and cfg.poisoning.name == "none":
+        for p in byzantine:  # as in `robustagg train`: Byzantine workers without a threat send nothing
+            table[p].update({"participation": "anarchic", "participation-p": 0.0})
     if cfg.faults:
         from robustagg import faults
 

@@ -48,6 +48,8 @@ def test_example_config_is_a_train_config_plus_a_flower_table():
     assert (cfg.workers.n, cfg.workers.f, cfg.attack.name, cfg.aggregator.name) == (6, 1, "reverse", "trimmed-mean")
     read, opts = fconfig.read(EXAMPLE)
     assert read == cfg and opts["compare"] == flower["compare"] and opts["backend"] == "ray"
+    again, defaults = fconfig.read(cfg, ["workers.local_steps=3"], flower={"backend": "inline"})  # a TrainConfig
+    assert again.workers.local_steps == 3 and defaults["backend"] == "inline" and defaults["compare"] == []
 
 
 @pytest.mark.parametrize("mode, participation, expect", [
@@ -85,6 +87,8 @@ def test_roles_partitions_and_participation_follow_robustagg_train():
     assert settings["replacement"] and settings["lr"] == 0.2 and settings["local_steps"] == 4
     assert settings["participation"].round(3) == components.build_participation(cfg).round(3)
 
+    silent, _ = fconfig.read(with_(BASE, attack={"name": "none"}))  # train: such workers send nothing
+    assert fconfig.roles(silent) == {5: {"participation": "anarchic", "participation-p": 0.0}}
     poisoned, _ = fconfig.read(with_(BASE, attack={"name": "none"}, poisoning={"name": "label-flip"}))
     spec = fconfig.roles(poisoned, num_classes=10)
     assert list(spec) == [5] and spec[5]["poison"] == "label-flip" and spec[5]["poison-num_classes"] == 10

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 from federated import ElectionStrategy, InlineGrid, PartitionData, make_client_app
 from federated._roles import derive_seed
@@ -119,8 +119,8 @@ def test_failed_members_keep_their_model_and_still_vote(setup):
     strategy = ElectionStrategy(model_fn, data_fn.test(), vote="plurality", min_nodes=4, radii=[0, 1])
     initial = ArrayRecord(model_fn().state_dict())
     strategy._num_rounds = 1
-    messages = {m.metadata.dst_node_id: m for m in strategy.configure_train(1, initial, __import__(
-        "flwr").app.ConfigRecord(), Nodes([7, 5, 9, 8]))}
+    messages = {m.metadata.dst_node_id: m
+                for m in strategy.configure_train(1, initial, ConfigRecord(), Nodes([7, 5, 9, 8]))}
     assert strategy.members == [5, 7, 8, 9] and sorted(messages) == [5, 7, 8, 9]
     trained = {k: Array(v.numpy() + 1.0) for k, v in initial.items()}
     nan = {k: Array(np.full(v.shape, np.nan, dtype=np.float32)) for k, v in initial.items()}
