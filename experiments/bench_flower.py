@@ -7,7 +7,11 @@ For each rule the script times, per round (median of ``--repeats``):
 * ``strategy``: ``RobustStrategy.aggregate_train`` on 20 mocked reply ``Message`` objects
   (decoding the replies' arrays, subtracting the global model, rejecting malformed or
   non-finite replies, the rule, the server step and building the new ``ArrayRecord``):
-  the *wrapper overhead* is ``strategy / rule`` (target <= 1.2);
+  the wrapper's *overhead* is ``strategy - rule`` in ms and its *ratio* ``strategy / rule``
+  (target <= 1.2); the two are timed alternately, round by round, so load affects both;
+* ``memory floor``: the memory work any wrapper must add (one subtract pass that turns the
+  received vectors into the update matrix, one row-sum pass for the non-finite check), with
+  no per-reply Python, and the ratio a wrapper doing only that would reach;
 * ``flower``: Flower's own strategy on the same replies where one exists (FedAvg,
   FedMedian, FedTrimmedAvg, Krum, MultiKrum, Bulyan).
 
@@ -15,7 +19,11 @@ For each rule the script times, per round (median of ``--repeats``):
 reported separately. ``--simulate`` also runs a short real Ray simulation (20 nodes,
 ``mnist-5k``) and reports the ``seconds`` / ``rule_seconds`` the strategy logged per round.
 
-    PYTHONPATH=. python experiments/bench_flower.py [--repeats 30] [--rules median krum] [--simulate]
+    PYTHONPATH=. python experiments/bench_flower.py [--repeats 30] [--rules median krum] [--clock cpu]
+                                                     [--no-flower] [--simulate]
+
+On a shared machine, ``--clock cpu`` (the calling thread's CPU time; torch runs with one
+thread) leaves out the time the process is descheduled; the ratio stays indicative only.
 
 References
 ----------
@@ -89,13 +97,31 @@ def timeit(fn: Callable[[], object], repeats: int, setup: Optional[Callable[[], 
     times = []
     for _ in range(repeats + 1):  # the first call warms up (numba compilation, allocations)
         arg = setup() if setup else None
-        tic = time.perf_counter()
+        tic = CLOCK()
         fn() if arg is None else fn(arg)
-        times.append(time.perf_counter() - tic)
+        times.append(CLOCK() - tic)
     return statistics.median(times[1:])
 
 
-def bench(rules: List[str], repeats: int) -> List[Dict[str, object]]:
+CLOCK = time.perf_counter  # --clock cpu: time.thread_time
+
+
+def alternate(first: Callable[[], object], second: Callable[[], object], repeats: int):
+    """Median seconds of ``first`` and of ``second``, called alternately (after one warm-up each)."""
+    a, b = [], []
+    for i in range(repeats + 1):
+        tic = CLOCK()
+        first()
+        mid = CLOCK()
+        second()
+        end = CLOCK()
+        if i:
+            a.append(mid - tic)
+            b.append(end - mid)
+    return statistics.median(a), statistics.median(b)
+
+
+def bench(rules: List[str], repeats: int, flower: bool = True) -> List[Dict[str, object]]:
     TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 1, 1, 0
     net = models.build("fa-cnn", input_shape=(1, 28, 28), num_classes=10, seed=0)
     glob = ArrayRecord(net.state_dict())
@@ -104,18 +130,19 @@ def bench(rules: List[str], repeats: int) -> List[Dict[str, object]]:
     replies = make_replies(glob, U)
     X = torch.from_numpy(U.copy())
     rows = []
+    t_floor = memory_floor(U, glob, repeats)
     for name in rules:
         rule = build_rule(name)
         if rule is None:
             print(f"{name}: not available in this tree, skipped")
             continue
-        t_rule = timeit(lambda: rule.aggregate(X), repeats)
         strategy = RobustStrategy(build_rule(name), fraction_evaluate=0.0)
         strategy.set_global(glob)
         t_global = timeit(lambda: strategy.set_global(glob), repeats)
-        t_strategy = timeit(lambda: strategy.aggregate_train(1, replies), repeats)
+        t_rule, t_strategy = alternate(lambda: rule.aggregate(X), lambda: strategy.aggregate_train(1, replies),
+                                       repeats)
         inside = statistics.median(e["rule_seconds"] for e in strategy.history[1:])
-        peer = flower_peer(name)
+        peer = flower_peer(name) if flower else None
         t_flower = None
         if peer is not None:
             fl_strategy = peer()
@@ -123,28 +150,54 @@ def bench(rules: List[str], repeats: int) -> List[Dict[str, object]]:
             t_flower = timeit(lambda r: fl_strategy.aggregate_train(1, r), repeats,
                               setup=lambda: copy.deepcopy(replies))
         rows.append({"rule": name, "rule_ms": 1e3 * t_rule, "strategy_ms": 1e3 * t_strategy,
-                     "inside_ms": 1e3 * inside, "ratio": t_strategy / t_rule, "set_global_ms": 1e3 * t_global,
+                     "overhead_ms": 1e3 * (t_strategy - t_rule), "floor_ms": 1e3 * t_floor,
+                     "inside_ms": 1e3 * inside, "ratio": t_strategy / t_rule,
+                     "floor_ratio": (t_rule + t_floor) / t_rule, "set_global_ms": 1e3 * t_global,
                      "flower_ms": None if t_flower is None else 1e3 * t_flower})
     return rows
 
 
+def memory_floor(U: np.ndarray, glob: ArrayRecord, repeats: int) -> float:
+    """The memory work any wrapper must do, with no Python per reply or array: one pass that
+    subtracts the global model from the 20 received vectors into the update matrix, and one
+    row-sum pass for the non-finite check (the received bytes are modelled by one array)."""
+    from federated._updates import Layout
+
+    g = Layout(glob).flatten(glob)
+    received = U + g
+    X = np.empty_like(U)
+
+    def work():
+        np.subtract(received, g, out=X)
+        X.sum(axis=1)
+
+    return timeit(work, repeats)
+
+
 def print_table(rows: List[Dict[str, object]], d: int) -> None:
-    print(f"\n{N} clients, fa-cnn (d = {d:,}), float32, torch threads = {torch.get_num_threads()}")
-    print("| rule | rule on stacked updates (ms) | RobustStrategy.aggregate_train (ms) | ratio | "
-          "rule inside the strategy (ms) | set_global (ms) | Flower's strategy (ms) |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print(f"\n{N} clients, fa-cnn (d = {d:,}), float32, torch threads = {torch.get_num_threads()}, "
+          f"median of the rounds")
+    print("| rule | rule on stacked updates (ms) | RobustStrategy.aggregate_train (ms) | overhead (ms) | ratio | "
+          "memory floor (ms) | ratio at the floor | rule inside the strategy (ms) | set_global (ms) | "
+          "Flower's strategy (ms) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         flower = "-" if r["flower_ms"] is None else f"{r['flower_ms']:.2f}"
-        print(f"| {r['rule']} | {r['rule_ms']:.2f} | {r['strategy_ms']:.2f} | {r['ratio']:.2f} | "
-              f"{r['inside_ms']:.2f} | {r['set_global_ms']:.2f} | {flower} |")
+        print(f"| {r['rule']} | {r['rule_ms']:.2f} | {r['strategy_ms']:.2f} | {r['overhead_ms']:.2f} | "
+              f"{r['ratio']:.2f} | {r['floor_ms']:.2f} | {r['floor_ratio']:.2f} | {r['inside_ms']:.2f} | "
+              f"{r['set_global_ms']:.2f} | {flower} |")
+    print("overhead = aggregate_train - rule; memory floor = one subtract pass into the (n, d) matrix plus the "
+          "row-sum non-finite check, without any per-reply Python; ratio at the floor = (rule + floor) / rule, "
+          "the best any wrapper that decodes and checks the replies can do")
 
 
 def simulate_short(rule: str, rounds: int) -> None:
     from federated import simulate
 
-    history = simulate({"dataset": "mnist-5k", "model": "fa-cnn", "nodes": N, "rounds": rounds,
-                        "aggregator": rule, "f": F, "local_steps": 5, "lr": 0.1, "num_cpus": 2,
-                        "ray_temp_dir": "/tmp/ray_robustagg_bench"})
+    config = {"data": {"name": "mnist-5k"}, "model": {"name": "fa-cnn"}, "mode": "fedavg",
+              "workers": {"n": N, "f": 0, "local_steps": 5}, "aggregator": {"name": rule, "f": F},
+              "optimizer": {"lr": 1.0, "local_lr": 0.1}, "run": {"steps": rounds, "eval_every": rounds, "out_dir": ""}}
+    history = simulate(config, flower={"num_cpus": 2, "ray_temp_dir": "/tmp/ray_robustagg_bench"})
     for e in history["strategy"]:
         print(f"simulation round {e['round']}: aggregate_train {1e3 * e['seconds']:.2f} ms, "
               f"rule {1e3 * e.get('rule_seconds', float('nan')):.2f} ms, accepted {len(e['accepted'])}")
@@ -155,14 +208,22 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--rules", nargs="*", default=RULES)
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: time.perf_counter; cpu: the calling thread's CPU time (time.thread_time), "
+                             "which leaves out the time a loaded machine keeps the process descheduled (valid "
+                             "with --threads 1: every timed operation runs on the calling thread)")
+    parser.add_argument("--no-flower", action="store_true", help="skip Flower's own strategies (Bulyan takes seconds)")
     parser.add_argument("--simulate", action="store_true", help="also run a short 20-node Ray simulation")
     parser.add_argument("--simulate-rule", default="trimmed-mean")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = bench(args.rules, args.repeats)
+    global CLOCK
+    CLOCK = time.thread_time if args.clock == "cpu" else time.perf_counter
+    rows = bench(args.rules, args.repeats, flower=not args.no_flower)
+    print(f"clock: {args.clock}")
     d = models.num_parameters(models.build("fa-cnn", input_shape=(1, 28, 28), num_classes=10))
     print_table(rows, d)
     if args.simulate:

@@ -3,18 +3,24 @@
 Importing this package needs the ``flower`` extra (``pip install robustagg[flower]``).
 
 * :class:`RobustStrategy`: any robustagg rule or pipeline as a Flower strategy (Message API);
+* :class:`ElectionStrategy`: one base model per client, run-off election, certified accuracy
+  against poisoned clients;
 * :func:`make_client_app`: a ``ClientApp`` whose nodes can be Byzantine, poisoned, faulty or
   anarchic (roles from the node config);
-* :func:`make_server_app` and :func:`simulate`: a ``ServerApp`` and a Ray simulation on CPU.
+* :func:`make_server_app` and :func:`simulate`: a ``ServerApp``, and a simulation (Ray on CPU,
+  or in-process) of the TOML configuration of ``robustagg train`` (:mod:`federated.config`).
 
 See ``docs/flower.md``.
 """
 
-from federated.app import DEFAULTS, PartitionData, central_evaluate_fn, make_server_app, simulate
+from federated.app import PartitionData, central_evaluate_fn, make_server_app, simulate
 from federated.client import make_client_app
+from federated.config import FLOWER_DEFAULTS, TrainData
+from federated.election import ElectionStrategy
+from federated.inline import InlineGrid
 from federated.strategy import RobustStrategy, mean_metrics
 
 __all__ = [
-    "DEFAULTS", "PartitionData", "RobustStrategy", "central_evaluate_fn", "make_client_app", "make_server_app",
-    "mean_metrics", "simulate",
+    "ElectionStrategy", "FLOWER_DEFAULTS", "InlineGrid", "PartitionData", "RobustStrategy", "TrainData",
+    "central_evaluate_fn", "make_client_app", "make_server_app", "mean_metrics", "simulate",
 ]

@@ -1,37 +1,15 @@
 r"""``make_server_app`` and ``simulate``: run a robust federated experiment on Flower.
 
-``simulate(config)`` builds everything from a plain dict and runs
-:func:`flwr.simulation.run_simulation` on the Ray backend on CPU::
+``simulate(config)`` reads the TOML configuration of ``robustagg train`` (a path, a dict in
+that format or a :class:`~robustagg.train.TrainConfig`), plus an optional ``[flower]`` table,
+and runs :func:`flwr.simulation.run_simulation` on the Ray backend on CPU (or, with
+``flower.backend = "inline"``, the same apps in this process)::
 
     from federated import simulate
-    history = simulate({"aggregator": "trimmed-mean", "f": 1, "nodes": 6,
-                        "attack": "reverse", "num_byzantine": 1, "rounds": 5})
-    history["accuracy"]        # test accuracy of the global model after rounds 0..5
+    history = simulate("experiments/configs/flower_digits.toml", overrides=["run.out_dir="])
+    history["accuracy"]        # test accuracy of the global model after rounds 0, ..., run.steps
 
-Config keys (defaults in :data:`DEFAULTS`):
-
-========================  ==================================================================
-``dataset``               ``robustagg.data.load`` name (``"digits"``); ``dataset_params``
-``model``                 ``robustagg.models`` name (``"logistic"``); ``model_params``
-``nodes``                 number of virtual SuperNodes (partitions)
-``partition``             ``"iid"``, ``"dirichlet"``, ``"shards"``; ``partition_params``
-``rounds``                server rounds
-``strategy``              ``"robust"`` (:class:`RobustStrategy`) or ``"fedavg"`` (Flower's FedAvg)
-``aggregator``, ``f``     the rule name (or object) and declared Byzantine count
-``pre``                   pre-aggregator name(s) or ``None``
-``server_lr``             server learning rate; ``server_momentum``
-``per_layer``, ``mode``   see :class:`RobustStrategy` (``"sync"``, ``"afa-cd"``, ``"afa-cs"``)
-``local_steps``, ``lr``   honest local SGD; ``batch_size``, ``momentum``
-``attack``                attack of the Byzantine nodes (``None``: none); ``attack_params``
-``num_byzantine``         the first ``num_byzantine`` partitions are Byzantine
-``roles``                 extra per-partition roles ``{partition: {key: value}}`` (see
-                          :mod:`federated._roles`): poison, fault, participation, ...
-``omniscient``            Byzantine nodes recompute honest updates (``True``)
-``seed``                  model init, partitions, batches, attacks
-``num_cpus``              CPUs Ray may use (2); ``client_cpus`` per virtual node (1)
-``ray_temp_dir``          Ray's session directory (``/tmp/ray_robustagg``)
-``verbose``               Flower's DEBUG logging
-========================  ==================================================================
+What each section means on Flower, and what is rejected, is in :mod:`federated.config`.
 
 References
 ----------
@@ -41,28 +19,15 @@ Beutel et al., "Flower: A Friendly Federated Learning Research Framework", arXiv
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, Result, Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
+from federated import config as fconfig
 from federated.client import evaluate_model, make_client_app
-from federated.strategy import RobustStrategy
-
-DEFAULTS: Dict[str, Any] = {
-    "dataset": "digits", "dataset_params": {},
-    "model": "logistic", "model_params": {},
-    "nodes": 6, "partition": "iid", "partition_params": {},
-    "rounds": 5,
-    "strategy": "robust", "aggregator": "trimmed-mean", "f": 1, "pre": None,
-    "server_lr": 1.0, "server_momentum": 0.0, "per_layer": False, "mode": "sync",
-    "local_steps": 20, "lr": 0.3, "batch_size": 32, "momentum": 0.0,
-    "attack": None, "attack_params": {}, "num_byzantine": 0, "roles": {},
-    "omniscient": True, "seed": 0,
-    "num_cpus": 2, "client_cpus": 1, "ray_temp_dir": "/tmp/ray_robustagg", "verbose": False,
-}
 
 
 # ------------------------------------------------------------------ data and model factories
@@ -108,14 +73,21 @@ class PartitionData:
         return ds.X_test, ds.y_test
 
 
-def central_evaluate_fn(model_fn: Callable[[], torch.nn.Module], X: torch.Tensor,
-                        y: torch.Tensor) -> Callable[[int, ArrayRecord], MetricRecord]:
-    """Server-side ``evaluate_fn(round, arrays)`` reporting ``loss`` and ``accuracy`` on ``(X, y)``."""
+def central_evaluate_fn(model_fn: Callable[[], torch.nn.Module], X: torch.Tensor, y: torch.Tensor, *,
+                        every: int = 1, last: Optional[int] = None,
+                        batch: int = 1024) -> Callable[[int, ArrayRecord], Optional[MetricRecord]]:
+    """Server-side ``evaluate_fn(round, arrays)`` reporting ``loss`` and ``accuracy`` on ``(X, y)``.
 
-    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    It evaluates round 0, every ``every``-th round and round ``last``, and returns ``None``
+    (Flower records nothing) in the other rounds.
+    """
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> Optional[MetricRecord]:
+        if server_round % every and server_round != last:
+            return None
         model = model_fn()
         model.load_state_dict(arrays.to_torch_state_dict())
-        loss, acc = evaluate_model(model, X, y)
+        loss, acc = evaluate_model(model, X, y, batch=batch)
         return MetricRecord({"loss": loss, "accuracy": acc})
 
     return evaluate
@@ -166,108 +138,123 @@ def make_server_app(strategy: Union[Strategy, List[Strategy], Callable[[Context]
     return app
 
 
-def build_strategy(cfg: Dict[str, Any]) -> Strategy:
-    """The strategy a simulate config asks for (``strategy``: ``"robust"`` or ``"fedavg"``)."""
-    common = dict(fraction_train=1.0, fraction_evaluate=0.0, min_train_nodes=cfg["nodes"],
-                  min_available_nodes=cfg["nodes"])
-    if cfg["strategy"] == "fedavg":
-        return FedAvg(**common)
-    if cfg["strategy"] != "robust":
-        raise ValueError(f"strategy must be 'robust' or 'fedavg', got {cfg['strategy']!r}")
-    return RobustStrategy(cfg["aggregator"], pre=cfg["pre"], f=cfg["f"], server_lr=cfg["server_lr"],
-                          server_momentum=cfg["server_momentum"], per_layer=cfg["per_layer"], mode=cfg["mode"],
-                          **common)
 
 
-def _roles_from(cfg: Dict[str, Any]) -> Dict[int, Dict[str, Any]]:
-    roles = {int(k): dict(v) for k, v in dict(cfg["roles"] or {}).items()}
-    if bool(cfg["attack"]) != (int(cfg["num_byzantine"]) > 0):
-        raise ValueError("set both 'attack' and 'num_byzantine' > 0 (or neither); got "
-                         f"attack={cfg['attack']!r}, num_byzantine={cfg['num_byzantine']!r}")
-    if cfg["attack"]:
-        for p in range(int(cfg["num_byzantine"])):
-            spec = roles.setdefault(p, {})
-            spec["byzantine"] = cfg["attack"]
-            spec.update({f"byzantine-{k}": v for k, v in dict(cfg["attack_params"]).items()})
-    return roles
-
-
-STRATEGY_KEYS = ("strategy", "aggregator", "f", "pre", "server_lr", "server_momentum", "per_layer", "mode")
-
-
-def simulate(config: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Run one Flower simulation on Ray (CPU) and return its history.
+# ------------------------------------------------------------------ simulate
+def simulate(config: Any, overrides: Sequence[str] = (), *, flower: Optional[Dict[str, Any]] = None,
+             out_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Run one Flower simulation of a ``robustagg train`` configuration and return its history.
 
     Parameters
     ----------
-    config : dict
-        Keys as in the module docstring; missing keys take :data:`DEFAULTS`. ``compare``
-        (a list of dicts over the strategy keys ``strategy``, ``aggregator``, ``f``, ``pre``,
-        ``server_lr``, ``server_momentum``, ``per_layer``, ``mode``) runs further strategies
-        after the first one, in the same simulation (same nodes, data and attack; one Ray
-        start-up), each from the same initial model.
+    config : str, path, dict or robustagg.train.TrainConfig
+        The TOML configuration (``docs/training.md``) with an optional ``[flower]`` table
+        (:data:`federated.config.FLOWER_DEFAULTS`); :mod:`federated.config` says what each
+        key means on Flower and which ones are rejected.
+    overrides : sequence of str
+        ``--set`` strings (``"aggregator.name=krum"``, ``"flower.num_cpus=1"``).
+    flower : dict, optional
+        ``[flower]`` entries on top of the file's.
+    out_dir : str, optional
+        Replaces ``run.out_dir`` (``""`` writes nothing).
 
     Returns
     -------
     dict
-        ``round`` (0..rounds), ``accuracy`` and ``loss`` of the global model on the test set
-        after each round (round 0: the initial model), ``train`` (Flower's per-round train
-        metrics), ``strategy`` (the robust strategy's per-round ``history``, empty for FedAvg),
-        ``config`` (the full config used) and ``compare`` (one such dict, without ``config``,
-        per entry of ``config["compare"]``).
+        ``label``, ``round`` (the evaluated rounds), ``accuracy`` and ``loss`` of the global
+        model on the test set (round 0: the initial model; the ensemble's for an election run,
+        whose rounds start at 1), ``metrics`` (every server-side metric per round, e.g.
+        ``certified-accuracy-2``), ``train`` (the aggregated client metrics per round),
+        ``strategy`` (the strategy's per-round ``history``), ``election`` (the ensemble's
+        scores, certificates and models; election runs only), ``config`` (the full TOML
+        text, ``[flower]`` included), ``out_dir`` (where results went, or ``None``) and
+        ``compare`` (one such dict per ``flower.compare`` entry).
     """
-    unknown = set(config or {}) - set(DEFAULTS) - {"compare"}
-    if unknown:
-        raise ValueError(f"unknown simulate config key(s) {sorted(unknown)}; known: {sorted(DEFAULTS)} + compare")
-    cfg = {**DEFAULTS, **(config or {})}
-    compare = [dict(c) for c in cfg.pop("compare", None) or []]
-    for extra in compare:
-        bad = set(extra) - set(STRATEGY_KEYS)
-        if bad:
-            raise ValueError(f"compare entries may set only {STRATEGY_KEYS}; got {sorted(bad)}")
-    from flwr.simulation import run_simulation
+    if out_dir is not None:
+        overrides = list(overrides) + [f"run.out_dir='{out_dir}'"]
+    cfg, opts = fconfig.read(config, overrides, flower)
+    runs = fconfig.runs(cfg, opts)
+    data_fn = fconfig.TrainData(cfg)
+    ds = data_fn.load()
+    from robustagg.train import components
 
-    from robustagg import models
-
-    data_fn = PartitionData(cfg["dataset"], cfg["dataset_params"], cfg["partition"], cfg["partition_params"],
-                            cfg["seed"])
-    ds = _dataset(data_fn.dataset, data_fn.dataset_params)
-    model_fn = models.model_fn(cfg["model"], input_shape=ds.input_shape, num_classes=ds.num_outputs,
-                               seed=cfg["seed"], **cfg["model_params"])
-    strategies = [build_strategy(cfg)] + [build_strategy({**cfg, **extra}) for extra in compare]
-    client = make_client_app(model_fn, data_fn, local_steps=cfg["local_steps"], lr=cfg["lr"],
-                             batch_size=cfg["batch_size"], momentum=cfg["momentum"], roles=_roles_from(cfg),
-                             seed=cfg["seed"], omniscient=cfg["omniscient"],
-                             attack_aggregator=getattr(strategies[0], "rule", None), threads=1)
+    model_fn = components.model_factory(cfg, ds)
+    test = data_fn.test()
+    strategies = [fconfig.build_strategy(kind, run_cfg, extra, model_fn, test) for kind, run_cfg, extra in runs]
+    rule = getattr(strategies[0], "rule", None)
+    client = make_client_app(model_fn, data_fn,
+                             **fconfig.client_settings(cfg, opts, rule, getattr(ds, "num_classes", None)))
     results: List[Tuple[Result, Strategy]] = []
-    server = make_server_app(strategies, model_fn, num_rounds=cfg["rounds"],
-                             evaluate_fn=central_evaluate_fn(model_fn, *data_fn.test()),
+    rounds, n = cfg.run.steps, cfg.workers.n
+    evaluate = central_evaluate_fn(model_fn, *test, every=cfg.run.eval_every, last=rounds,
+                                   batch=cfg.run.eval_batch_size)
+    server = make_server_app(strategies, model_fn, num_rounds=rounds, evaluate_fn=evaluate, timeout=opts["timeout"],
                              on_result=lambda r, s: results.append((r, s)))
-    backend = {"client_resources": {"num_cpus": float(cfg["client_cpus"]), "num_gpus": 0.0},
-               "init_args": {"num_cpus": int(cfg["num_cpus"]), "num_gpus": 0, "_temp_dir": cfg["ray_temp_dir"],
-                             "include_dashboard": False}}
+    threads = torch.get_num_threads()
     try:
-        run_simulation(server_app=server, client_app=client, num_supernodes=int(cfg["nodes"]),
-                       backend_config=backend, verbose_logging=bool(cfg["verbose"]))
+        if opts["backend"] == "inline":
+            from federated.inline import run_inline
+
+            run_inline(server, client, n)
+        else:
+            from flwr.simulation import run_simulation
+
+            backend = {"client_resources": {"num_cpus": float(opts["client_cpus"]), "num_gpus": 0.0},
+                       "init_args": {"num_cpus": int(opts["num_cpus"]), "num_gpus": 0,
+                                     "_temp_dir": opts["ray_temp_dir"], "include_dashboard": False}}
+            run_simulation(server_app=server, client_app=client, num_supernodes=n, backend_config=backend,
+                           verbose_logging=bool(opts["verbose"]))
     finally:
+        torch.set_num_threads(threads)
         shutdown_ray()
     if len(results) != len(strategies):
         raise RuntimeError(f"the simulation finished {len(results)} of {len(strategies)} strategy runs "
                            "(see Flower's log above)")
-    histories = [_history(result, used) for result, used in results]
-    return {**histories[0], "config": cfg, "compare": histories[1:]}
+    histories = [_history(result, used, fconfig.label(kind, run_cfg))
+                 for (result, used), (kind, run_cfg, _) in zip(results, runs)]
+    text = fconfig.to_toml(cfg, opts)
+    where = _write(cfg, histories, text) if cfg.run.out_dir else None
+    return {**histories[0], "config": text, "out_dir": where, "compare": histories[1:]}
 
 
-def _history(result: Result, strategy: Strategy) -> Dict[str, Any]:
-    rounds = sorted(result.evaluate_metrics_serverapp)
-    return {
+def _history(result: Result, strategy: Strategy, label: str) -> Dict[str, Any]:
+    central = result.evaluate_metrics_serverapp
+    rounds = sorted(central)
+    nan = float("nan")
+    out = {
+        "label": label,
         "round": rounds,
-        "accuracy": [float(result.evaluate_metrics_serverapp[r]["accuracy"]) for r in rounds],
-        "loss": [float(result.evaluate_metrics_serverapp[r]["loss"]) for r in rounds],
+        "accuracy": [float(central[r].get("accuracy", nan)) for r in rounds],
+        "loss": [float(central[r].get("loss", nan)) for r in rounds],
+        "metrics": {r: {k: float(v) for k, v in central[r].items()} for r in rounds},
         "train": {r: dict(m) for r, m in result.train_metrics_clientapp.items()},
         "strategy": list(getattr(strategy, "history", [])),
         "name": type(strategy).__name__ + (f"({strategy.rule!r})" if hasattr(strategy, "rule") else ""),
     }
+    if hasattr(strategy, "ensemble"):
+        out["election"] = strategy.ensemble()
+    return out
+
+
+def _write(cfg: Any, histories: List[Dict[str, Any]], text: str) -> str:
+    """``config.toml`` and, per run, ``metrics.csv`` and ``plot.png`` (compare runs in subfolders)."""
+    import re
+    from pathlib import Path
+
+    from robustagg.train import History, atomic_write_text, write_results
+
+    top = Path(cfg.run.out_dir) / cfg.run.name
+    top.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(top / "config.toml", text)
+    for i, h in enumerate(histories):
+        rows = History()
+        for r in h["round"]:
+            row = {"step": r, "loss": float(h["train"].get(r, {}).get("train-loss", float("nan")))}
+            row.update({("test_loss" if k == "loss" else k): v for k, v in h["metrics"][r].items()})
+            rows.append(row)
+        sub = top if i == 0 else top / f"compare-{i}-{re.sub(r'[^A-Za-z0-9]+', '-', h['label']).strip('-')}"
+        write_results(sub, rows, title=f"{cfg.run.name}: {h['label']} on Flower, n={cfg.workers.n}, f={cfg.workers.f}")
+    return str(top)
 
 
 def shutdown_ray() -> None:

@@ -52,8 +52,11 @@ def _loss_fn(y: torch.Tensor) -> torch.nn.Module:
 
 def local_train(model_fn: Callable[[], torch.nn.Module], state: Dict[str, torch.Tensor], X: torch.Tensor,
                 y: torch.Tensor, *, steps: int, lr: float, batch_size: int, momentum: float,
-                seed: int) -> Tuple[Dict[str, torch.Tensor], float]:
+                seed: int, replacement: bool = False) -> Tuple[Dict[str, torch.Tensor], float]:
     """``steps`` SGD steps from ``state`` on ``(X, y)`` with batches and dropout seeded by ``seed``.
+
+    Batches come from a :class:`robustagg.data.WorkerLoader` (epochs of shuffled batches, or
+    draws with replacement when ``replacement``).
 
     Returns the trained state dict and the mean training loss.
     """
@@ -61,7 +64,7 @@ def local_train(model_fn: Callable[[], torch.nn.Module], state: Dict[str, torch.
     model.load_state_dict(state)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
-    loader = WorkerLoader(X, y, np.arange(len(X)), batch_size, seed=seed % (2 ** 62))
+    loader = WorkerLoader(X, y, np.arange(len(X)), batch_size, seed=seed % (2 ** 62), replacement=replacement)
     loss_fn, total = _loss_fn(y), 0.0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed % (2 ** 62))
@@ -105,7 +108,8 @@ def make_client_app(model_fn: Callable[[], torch.nn.Module],
                     local_steps: int = 10, lr: float = 0.1, batch_size: int = 32, momentum: float = 0.0,
                     roles: _roles.Roles = None, seed: int = 0, omniscient: bool = False,
                     omniscient_sample: Optional[int] = None, attack_aggregator: Any = None,
-                    threads: Optional[int] = None) -> ClientApp:
+                    threads: Optional[int] = None, replacement: bool = False,
+                    participation: Any = None) -> ClientApp:
     """A ``ClientApp`` training ``model_fn()`` on ``data_fn(partition_id, num_partitions)``.
 
     Parameters
@@ -134,6 +138,19 @@ def make_client_app(model_fn: Callable[[], torch.nn.Module],
         The server's rule, for attacks that search against it (``*-opt``).
     threads : int, optional
         ``torch.set_num_threads`` in the handlers (simulations use 1 per virtual node).
+    replacement : bool
+        Draw local batches with replacement instead of epochs of shuffled batches.
+    participation : robustagg.participation.Participation, optional
+        One anarchic participation model over all ``num_partitions`` nodes, shared by every
+        node (what :func:`federated.simulate` builds from a TOML ``[participation]`` section):
+        node ``p`` takes part in round ``t`` iff ``participation.round(t - 1)`` has an arrival
+        of worker ``p``, with that arrival's local steps and staleness. Every node evaluates
+        the same model with the same seed, so they agree, as the in-process trainer's plan
+        does. Byzantine (attack) nodes ignore it and send every round (the worst case, as in
+        ``robustagg train``); a node's own ``participation`` role takes precedence.
+
+    Honest nodes that train fresh from the global model reply with their trained arrays
+    exactly (no round trip through an update); others reply ``x_t + delta``.
 
     Returns
     -------
@@ -143,6 +160,7 @@ def make_client_app(model_fn: Callable[[], torch.nn.Module],
         ``--node-config`` in a deployment).
     """
     local_steps = check_int(local_steps, "local_steps", minimum=1)
+    shared_participation = participation
     lr = check_float(lr, "lr", minimum=0.0, strict_min=True)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     seed = check_int(seed, "seed", minimum=0)
@@ -156,7 +174,7 @@ def make_client_app(model_fn: Callable[[], torch.nn.Module],
         start_record = layout.to_record(start, template)
         trained, loss = local_train(model_fn, start_record.to_torch_state_dict(), X, y, steps=steps, lr=lr,
                                     batch_size=batch_size, momentum=momentum,
-                                    seed=_roles.derive_seed(seed, partition, rnd))
+                                    seed=_roles.derive_seed(seed, partition, rnd), replacement=replacement)
         new = layout.flatten(ArrayRecord(trained))
         return new - start, loss, len(X), trained
 
@@ -197,12 +215,15 @@ def make_client_app(model_fn: Callable[[], torch.nn.Module],
 
         steps, staleness, start = local_steps, 0, g
         model = _roles.participation_model(role, _roles.derive_seed(seed, partition, 1, 1), local_steps)
+        worker = 0
+        if model is None and shared_participation is not None and not role.byzantine:
+            model, worker = shared_participation, partition
         if model is not None:
             history = state.setdefault("history", {})
             history[t] = g
             for old in [k for k in history if k < t - model.max_delay]:
                 del history[old]
-            arrivals = model.round(t)
+            arrivals = [a for a in model.round(t) if a.worker == worker]
             if not arrivals:
                 _save_state(context, state)
                 return _skipped(msg)
@@ -219,7 +240,9 @@ def make_client_app(model_fn: Callable[[], torch.nn.Module],
             poison = poisoning.get(role.poison, **params)
         delta, loss, n_examples, trained = honest_delta(layout, start, global_record, partition, num_partitions,
                                                         rnd, steps, poison)
+        exact = start is g  # the trained arrays themselves can be sent
         if role.byzantine:
+            exact = False
             delta = byzantine_delta(role, layout, g, global_record, partition, num_partitions, rnd, context, delta)
         if role.fault:
             from robustagg import faults
@@ -232,9 +255,9 @@ def make_client_app(model_fn: Callable[[], torch.nn.Module],
             if delta is None:
                 _save_state(context, state)
                 return _skipped(msg)
-            delta = delta.numpy()
+            delta, exact = delta.numpy(), False
         _save_state(context, state)
-        reply_arrays = layout.to_record(g + delta, ArrayRecord(trained))
+        reply_arrays = ArrayRecord(trained) if exact else layout.to_record(g + delta, ArrayRecord(trained))
         reported = role.report_num_examples if role.report_num_examples is not None else n_examples
         metrics = MetricRecord({"num-examples": reported, "local-steps": steps, "train-loss": loss,
                                 "staleness": staleness})

@@ -8,6 +8,7 @@ training replies is replaced.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -134,6 +135,9 @@ class RobustStrategy(FedAvg):
         self._momentum: Optional[torch.Tensor] = None
         self._layer_rules: Dict[str, Aggregator] = {}
         self._known_nodes: Dict[int, None] = {}  # insertion-ordered set
+        self._buffer: Optional[np.ndarray] = None  # (rows, d) update matrix reused every round
+        self._row_views: List[List[np.ndarray]] = []  # its rows cut into the float arrays' places
+        self._global_views: List[np.ndarray] = []
         self._store: Dict[int, torch.Tensor] = {}  # AFA-CS: latest update of each node
 
     # ----------------------------------------------------------------- Flower API
@@ -163,8 +167,10 @@ class RobustStrategy(FedAvg):
             layout = Layout(arrays)
             if self._layout is not None:  # the model changed: server state no longer fits
                 self._momentum, self._store, self._layer_rules = None, {}, {}
+            self._buffer, self._row_views = None, []
         self._layout, self._global_record = layout, arrays
         self._global = layout.flatten(arrays)
+        self._global_views = layout.views(self._global)
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> Tuple[Optional[ArrayRecord], Optional[MetricRecord]]:
@@ -189,11 +195,13 @@ class RobustStrategy(FedAvg):
                 tic = time.perf_counter()
                 aggregate, exposed = self._aggregate(X, nodes)
                 entry["rule_seconds"] = time.perf_counter() - tic
+                if aggregate.untyped_storage().data_ptr() == X.untyped_storage().data_ptr():
+                    aggregate = aggregate.clone()  # a row of the reused buffer (e.g. Krum's pick)
             except Exception as exc:  # noqa: BLE001 - a failing rule skips the round, never the server
                 entry.update(skipped=True, reason=f"the rule failed: {type(exc).__name__}: {exc}")
             else:
                 entry.update(exposed)
-                if bool(torch.isfinite(aggregate).all()):
+                if _finite(aggregate):
                     arrays = self._step(aggregate)
                 else:
                     entry.update(skipped=True, reason="the rule returned non-finite values")
@@ -218,7 +226,7 @@ class RobustStrategy(FedAvg):
     def _collect(self, replies: List[Message]):
         """Decode the replies into an ``(n, d)`` update matrix, rejecting malformed ones."""
         layout, g = self._layout, self._global
-        X = np.empty((len(replies), layout.d), dtype=layout.dtype)
+        X = self._rows(len(replies))
         nodes: List[int] = []
         contents: List[Any] = []
         steps: List[float] = []
@@ -250,14 +258,13 @@ class RobustStrategy(FedAvg):
                         k = 1.0
                     elif k is None or k < 1:
                         raise MalformedReply(f"invalid {LOCAL_STEPS_KEY!r}: {raw!r}")
-                row = X[len(nodes)]
-                layout.decode_into(records[0], row, minus=g)
+                layout.decode_views(records[0], self._row_views[len(nodes)], self._global_views)
             except MalformedReply as exc:
                 rejected[node] = str(exc)
                 continue
             seen.add(node)
             nodes.append(node)
-            contents.append(content)
+            contents.append((content, metric_records))
             steps.append(k)
         X = X[: len(nodes)]
         bad = nonfinite_rows(X)
@@ -270,6 +277,16 @@ class RobustStrategy(FedAvg):
         if self.mode != "sync" and any(k != 1.0 for k in steps):
             X /= np.asarray(steps, dtype=X.dtype)[:, None]
         return torch.from_numpy(X), nodes, contents, rejected, absent
+
+    def _rows(self, n: int) -> np.ndarray:
+        """The update buffer with at least ``n`` rows, allocated once and reused across rounds
+        (a fresh ``(n, d)`` array every round costs page faults on first touch), and the views
+        of its rows that :meth:`Layout.decode_views` writes into."""
+        layout = self._layout
+        if self._buffer is None or self._buffer.shape[0] < n:
+            self._buffer = np.empty((max(n, 1), layout.d), dtype=layout.dtype)
+            self._row_views = [layout.views(row) for row in self._buffer]
+        return self._buffer
 
     def _cross_silo(self, X: torch.Tensor, nodes: List[int]) -> Tuple[torch.Tensor, List[int]]:
         """AFA-CS: overwrite the arrivals' stored updates, return all ``M`` stored updates."""
@@ -307,9 +324,13 @@ class RobustStrategy(FedAvg):
                 self._momentum = torch.zeros_like(aggregate)
             self._momentum.mul_(self.server_momentum).add_(aggregate)
             direction = self._momentum
-        new = self._global + self.server_lr * direction.numpy().astype(self._global.dtype, copy=False)
+        step = direction.numpy().astype(self._global.dtype, copy=False)
+        if self.server_lr != 1.0:
+            step = step * self.server_lr
+        new = np.add(self._global, step)
         record = self._layout.to_record(new, self._global_record)
         self._global, self._global_record = new, record
+        self._global_views = self._layout.views(new)
         return record
 
     def _log(self, e: Dict[str, Any]) -> None:
@@ -329,10 +350,15 @@ class RobustStrategy(FedAvg):
             logger.info("round %d: %s per layer %s", e["round"], self.rule.name, e["per_layer"])
 
     def _train_metrics(self, contents: List[Any], entry: Dict[str, Any]) -> MetricRecord:
+        """``contents``: ``(RecordDict, its MetricRecords)`` of the accepted replies."""
         metrics = MetricRecord()
         if contents:
             try:
-                metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key) or MetricRecord()
+                if self.train_metrics_aggr_fn is mean_metrics:  # the records are split already
+                    metrics = _mean_of((m for _, records in contents for m in records), self.weighted_by_key)
+                else:
+                    metrics = self.train_metrics_aggr_fn([c for c, _ in contents], self.weighted_by_key) \
+                        or MetricRecord()
             except Exception as exc:  # noqa: BLE001 - metrics are reporting only
                 logger.warning("round %d: train metrics not aggregated (%s)", entry["round"], exc)
         metrics["num-accepted"] = len(entry["accepted"])
@@ -340,6 +366,11 @@ class RobustStrategy(FedAvg):
         metrics["num-absent"] = len(entry["absent"])
         metrics["skipped"] = int(entry["skipped"])
         return metrics
+
+
+def _finite(vector: torch.Tensor) -> bool:
+    """Whether every entry is finite: a sum (no boolean temporary), exact check on overflow."""
+    return bool(torch.isfinite(vector.sum())) or bool(torch.isfinite(vector).all())
 
 
 def mean_metrics(records: List[Any], weighted_by_key: str = "num-examples") -> MetricRecord:
@@ -350,13 +381,16 @@ def mean_metrics(records: List[Any], weighted_by_key: str = "num-examples") -> M
     metric keys differ. ``weighted_by_key`` is accepted for signature compatibility and
     summed instead of averaged.
     """
+    return _mean_of((m for record in records for m in split_records(record)[1]), weighted_by_key)
+
+
+def _mean_of(metric_records: Iterable[Any], weighted_by_key: str) -> MetricRecord:
     sums: Dict[str, float] = {}
     counts: Dict[str, int] = {}
-    for record in records:
-        for metrics in split_records(record)[1]:
-            for key, value in metrics.items():
-                value = metric_scalar({key: value}, key)
-                if value is not None:
-                    sums[key] = sums.get(key, 0.0) + value
-                    counts[key] = counts.get(key, 0) + 1
+    for metrics in metric_records:
+        for key, value in metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                continue
+            sums[key] = sums.get(key, 0.0) + value
+            counts[key] = counts.get(key, 0) + 1
     return MetricRecord({k: (sums[k] if k == weighted_by_key else sums[k] / counts[k]) for k in sums})

@@ -18,6 +18,7 @@ SUBCOMMANDS = [
     ("list", "robustagg.cli", "list rules, attacks, faults, poisoning, participation models, datasets, models"),
     ("certify", "robustagg.election.cli", "certified accuracy of saved ensemble scores (DPA, FA, run-off election)"),
     ("election", "robustagg.election.cli", "train and certify a DPA/FA ensemble from a TOML configuration"),
+    ("flower", "robustagg.flower_cli", "run a training configuration as a Flower simulation (needs robustagg[flower])"),
 ]
 
 

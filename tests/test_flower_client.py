@@ -169,9 +169,9 @@ def test_robust_strategy_beats_fedavg_in_process(setup):
 def test_simulate_rejects_bad_configs_before_starting_ray():
     from federated import simulate
 
-    with pytest.raises(ValueError, match="unknown simulate config"):
-        simulate({"aggregater": "krum"})
-    with pytest.raises(ValueError, match="num_byzantine"):
-        simulate({"attack": "reverse"})
-    with pytest.raises(ValueError, match="compare entries"):
-        simulate({"compare": [{"lr": 0.1}]})
+    with pytest.raises(ValueError, match="unknown key 'aggregater'"):
+        simulate({"aggregater": {"name": "krum"}})
+    with pytest.raises(ValueError, match="needs Byzantine workers"):
+        simulate({"attack": {"name": "reverse"}})
+    with pytest.raises(ValueError, match="compare"):
+        simulate({}, flower={"compare": [{"workers": {"n": 3}}]})

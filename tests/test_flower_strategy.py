@@ -136,6 +136,23 @@ def test_each_rule_equals_robustagg_on_the_updates(name):
     assert {k: arrays[k].numpy().dtype for k in SHAPES} == {k: np.dtype(np.float32) for k in SHAPES}
 
 
+def test_reused_buffer_across_rounds_and_without_configure_train():
+    """The update buffer is reused: rounds with fewer replies, a Krum pick (a row of the
+    buffer), and a second aggregate_train without set_global (replies compared with the model
+    the first one produced) all match the rule applied to fresh arrays."""
+    glob, U = make_global(), updates(9)
+    strategy = RobustStrategy("krum", f=2)
+    first, _ = run_round(strategy, glob, replies_for(glob, U))
+    want = flat(glob) + ra.get("krum", f=2).aggregate(torch.from_numpy(expected_updates(glob, U))).numpy()
+    np.testing.assert_allclose(flat(first), want, atol=1e-6)
+    V = updates(7, seed=5)
+    second, _ = strategy.aggregate_train(2, replies_for(first, V))  # no set_global: compared with `first`
+    want = flat(first) + ra.get("krum", f=2).aggregate(torch.from_numpy(expected_updates(first, V))).numpy()
+    np.testing.assert_allclose(flat(second), want, atol=1e-6)
+    np.testing.assert_allclose(flat(first), flat(glob) + ra.get("krum", f=2).aggregate(
+        torch.from_numpy(expected_updates(glob, U))).numpy(), atol=1e-6)  # the first result is untouched
+
+
 def test_rule_by_name_with_pre_and_f():
     glob, U = make_global(), updates(9)
     strategy = RobustStrategy("trimmed-mean", pre="nnm", f=2)
