@@ -16,6 +16,7 @@ from typing import List, Optional
 #: (name, module holding add_arguments/run, one-line help)
 SUBCOMMANDS = [
     ("list", "robustagg.cli", "list rules, attacks, faults, poisoning, participation models, datasets, models"),
+    ("train", "robustagg.train.cli", "train a model under attack from a TOML configuration (parameter server or MoNNA)"),
 ]
 
 
