@@ -63,6 +63,10 @@ def run(args: argparse.Namespace) -> int:
     except (ValueError, TypeError, OSError) as exc:
         print(f"robustagg train: error: {exc}", file=sys.stderr)
         return 2
+    if args.threads:  # before building: the model's initialisation runs with them too
+        import torch
+
+        torch.set_num_threads(args.threads)
     from robustagg.train import build
 
     return train(build(cfg), args)
@@ -71,10 +75,6 @@ def run(args: argparse.Namespace) -> int:
 def train(trainer: Any, args: argparse.Namespace) -> int:
     """Run ``trainer`` with a progress bar and print a summary; returns the exit status."""
     cfg = trainer.config
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     total = cfg.run.steps if args.steps is None else args.steps
     progress = _Progress(total, cfg.run.name, enabled=not args.no_progress)
     start = time.perf_counter()
