@@ -27,6 +27,7 @@ bench: $(STAMP)
 	$(PY) -m pip install -q --no-deps byzfl==0.0.11 || echo "byzfl not installable: peer columns stay empty"
 	$(PY) experiments/bench_aggregators.py --write docs/benchmarks.md
 	$(PY) experiments/bench_election.py
+	$(PY) experiments/bench_training.py --write docs/benchmarks.md
 
 reproduce: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -16,6 +16,7 @@ from typing import List, Optional
 #: (name, module holding add_arguments/run, one-line help)
 SUBCOMMANDS = [
     ("list", "robustagg.cli", "list rules, attacks, faults, poisoning, participation models, datasets, models"),
+    ("train", "robustagg.train.cli", "train a model under attack from a TOML configuration (parameter server or MoNNA)"),
     ("certify", "robustagg.election.cli", "certified accuracy of saved ensemble scores (DPA, FA, run-off election)"),
     ("election", "robustagg.election.cli", "train and certify a DPA/FA ensemble from a TOML configuration"),
     ("flower", "robustagg.flower_cli", "run a training configuration as a Flower simulation (needs robustagg[flower])"),

@@ -1,0 +1,369 @@
+r"""The parameter server across processes and machines with :mod:`torch.distributed`.
+
+Launch (one process per core, or per GPU)::
+
+    torchrun --nproc-per-node 4 -m robustagg.train.distributed CONFIG.toml [--set k=v ...] [--resume]
+
+Rank 0 is the server: it plans each step, broadcasts the model, computes the updates of the
+workers assigned to it, gathers the other ranks' rows, builds the Byzantine updates, applies
+the faults, aggregates, steps the optimizer, evaluates, checkpoints and writes the results.
+Every other rank computes the honest (and data-poisoning) updates of its own workers with
+:func:`robustagg.train.local_update`. The ``n`` workers that compute are split into contiguous
+blocks, one per rank (:func:`assign_workers`); attacking workers compute nothing: their
+rows are built on rank 0 from every honest row, as in-process (omniscient attack).
+
+One step ``t``, with ``d`` the model size and ``B`` the largest block::
+
+    rank 0                                    rank r > 0
+    broadcast (STEP, t)  --------------------> receive the command
+    broadcast x_t        --------------------> x_t (past models are mirrored locally)
+    plan(t); compute own block                 plan(t); compute own block
+    gather (B, d + 2) rows  <----------------- [update | loss | arrived] per own worker
+    attack, faults, rule, optimizer            wait for the next command
+
+Rows of workers that did not arrive (participation) carry ``arrived = 0`` and are left out,
+exactly as the in-process trainer leaves them out. Every random draw derives from
+``(run.seed, purpose, step, worker)`` and each worker's batches come from its own loader, so
+the distributed run computes the same numbers as :class:`~robustagg.train.ParameterServer`:
+on CPU with the same thread settings the final model is bitwise identical (tested).
+
+Checkpoints go through rank 0: before writing, it collects every rank's loader positions and
+worker momenta (``STATE``); after loading one (``--resume``), it sends them back (``SYNC``).
+See ``docs/distributed.md`` for multi-machine launches, NCCL and failure behaviour.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+from robustagg.train.results import History
+from robustagg.train.server import ParameterServer
+
+STEP, SYNC, STATE, STOP = 0, 1, 2, 3
+
+
+def assign_workers(workers: Sequence[int], world_size: int, *, server_computes: bool = True) -> List[List[int]]:
+    """Split ``workers`` into contiguous blocks, one per rank (deterministic).
+
+    Parameters
+    ----------
+    workers : sequence of int
+        The workers that compute updates (honest and data-poisoning ones), in order.
+    world_size : int
+        Number of processes.
+    server_computes : bool
+        Whether rank 0 (the server) also computes a block; with one process it always does.
+
+    Returns
+    -------
+    list of lists
+        ``blocks[r]`` are rank ``r``'s workers. Blocks differ in size by at most one; the
+        larger ones go to the last ranks, so the server, which also aggregates, gets a
+        smaller one.
+
+    Examples
+    --------
+    >>> assign_workers(range(12), 4)
+    [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    >>> assign_workers(range(7), 3, server_computes=False)
+    [[], [0, 1, 2], [3, 4, 5, 6]]
+    """
+    workers = list(workers)
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    ranks = list(range(world_size)) if server_computes or world_size == 1 else list(range(1, world_size))
+    q, r = divmod(len(workers), len(ranks))
+    blocks: List[List[int]] = [[] for _ in range(world_size)]
+    start = 0
+    for i, rank in enumerate(ranks):
+        size = q + (1 if i >= len(ranks) - r else 0)
+        blocks[rank] = workers[start:start + size]
+        start += size
+    return blocks
+
+
+class DistributedParameterServer(ParameterServer):
+    """:class:`~robustagg.train.ParameterServer` whose workers live on ``torch.distributed`` ranks.
+
+    Build it on every rank after :func:`torch.distributed.init_process_group`, then call
+    :meth:`run` on every rank: rank 0 trains and returns the history (and writes the results),
+    the other ranks serve until rank 0 is done and return an empty history.
+
+    Parameters
+    ----------
+    config : TrainConfig, dict or path
+        A parameter-server configuration (``docs/training.md``); every rank must read the same one.
+    server_computes : bool
+        Whether rank 0 also computes a block of workers (default; turn it off when the server
+        should only aggregate, e.g. one GPU per worker rank).
+    **kwargs
+        ``dataset``, ``aggregator``, ``attack`` as for :class:`~robustagg.train.ParameterServer`.
+
+    Notes
+    -----
+    Models with BatchNorm running statistics are not reproduced exactly: in one process the
+    workers share one module's buffers, here each rank has its own (the trained parameters
+    follow the same rule; only the evaluation statistics differ).
+    """
+
+    def __init__(self, config: Any, *, server_computes: bool = True, **kwargs: Any) -> None:
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError("torch.distributed is not initialised: call init_process_group first "
+                               "(or launch with torchrun -m robustagg.train.distributed)")
+        super().__init__(config, **kwargs)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        computing = [w for w in range(self.n) if self.loaders[w] is not None]
+        self.blocks = assign_workers(computing, self.world, server_computes=server_computes)
+        self.mine = self.blocks[self.rank]
+        self.width = max(1, max(len(b) for b in self.blocks))
+        nccl = dist.get_backend() == "nccl"
+        self.comm_device = self.device if nccl else torch.device("cpu")
+        d = self.flat.dim
+        dtype = self.x.dtype
+        self.sendbuf = torch.zeros(self.width, d + 2, dtype=dtype, device=self.comm_device)
+        self.recvbufs = [torch.empty_like(self.sendbuf) for _ in range(self.world)] if self.rank == 0 else None
+        self.xbuf = torch.empty(d, dtype=dtype, device=self.comm_device)
+        self._command_buf = torch.zeros(2, dtype=torch.int64, device=self.comm_device)
+        self._synced = False  # the other ranks have not received this rank-0 state yet
+        self._have_x = False
+
+    # ------------------------------------------------------------------ messages
+    def _command(self, cmd: int, t: int = 0) -> Tuple[int, int]:
+        if self.rank == 0:
+            self._command_buf[0], self._command_buf[1] = cmd, t
+        dist.broadcast(self._command_buf, 0)
+        return int(self._command_buf[0]), int(self._command_buf[1])
+
+    def _broadcast_model(self) -> None:
+        if self.rank == 0:
+            self.xbuf.copy_(self.x)
+        dist.broadcast(self.xbuf, 0)
+        if self.rank != 0:
+            if self.max_delay > 0 and self._have_x:  # the server pushed x_{t-1} in its last server_step
+                self.past.appendleft(self.x.clone())
+            self.x.copy_(self.xbuf)
+            self._have_x = True
+
+    def _sync(self) -> None:
+        """Rank 0 -> all: loader positions, worker momenta and past models (after a resume)."""
+        payload: List[Any] = [None]
+        if self.rank == 0:
+            payload[0] = {
+                "past": [p.cpu() for p in self.past],
+                "loaders": {w: self.loaders[w].state_dict() for w in range(self.n) if self.loaders[w] is not None},
+                "momentum": None if self.worker_momentum is None else self.worker_momentum.cpu(),
+            }
+        dist.broadcast_object_list(payload, src=0, device=self._object_device())
+        if self.rank != 0:
+            state = payload[0]
+            self.past.clear()
+            self.past.extend(p.to(self.device) for p in state["past"])
+            for w in self.mine:
+                self.loaders[w].load_state_dict(state["loaders"][w])
+            if self.worker_momentum is not None:
+                self.worker_momentum.copy_(state["momentum"])
+            self._have_x = False  # the next STEP brings the current model; past is already complete
+        self._synced = True
+
+    def _collect(self) -> None:
+        """All -> rank 0: every rank's loader positions and worker momenta (before a checkpoint)."""
+        mine = {"loaders": {w: self.loaders[w].state_dict() for w in self.mine},
+                "momentum": {} if self.worker_momentum is None else
+                {w: self.worker_momentum[w].cpu() for w in self.mine}}
+        everything: List[Any] = [None] * self.world
+        dist.all_gather_object(everything, mine, group=None)
+        if self.rank == 0:
+            for rank, state in enumerate(everything):
+                if rank == 0:
+                    continue
+                for w, sub in state["loaders"].items():
+                    self.loaders[w].load_state_dict(sub)
+                for w, row in state["momentum"].items():
+                    self.worker_momentum[w].copy_(row)
+
+    def _object_device(self) -> Optional[torch.device]:
+        return self.comm_device if self.comm_device.type == "cuda" else None
+
+    # ------------------------------------------------------------------ one step
+    def _compute_block(self, t: int) -> Tuple[Dict[int, torch.Tensor], Dict[int, torch.Tensor]]:
+        """This rank's updates and honest losses for step ``t``."""
+        arrivals = self.plan(t)
+        updates: Dict[int, torch.Tensor] = {}
+        losses: Dict[int, torch.Tensor] = {}
+        for a in arrivals:
+            if a.worker not in self.mine:
+                continue
+            got, loss = self.compute(t, [a], workers=[a.worker])
+            updates.update(got)
+            if a.worker < self.h and a.worker in got:
+                losses[a.worker] = torch.tensor(loss, dtype=self.x.dtype)
+        return updates, losses
+
+    def _pack(self, updates: Dict[int, torch.Tensor], losses: Dict[int, torch.Tensor]) -> None:
+        d = self.flat.dim
+        self.sendbuf[:, d + 1].zero_()
+        for j, w in enumerate(self.mine):
+            if w in updates:
+                self.sendbuf[j, :d].copy_(updates[w])
+                self.sendbuf[j, d] = losses[w] if w in losses else math.nan
+                self.sendbuf[j, d + 1] = 1.0
+
+    def _gather(self) -> None:
+        if self.rank == 0:
+            dist.gather(self.sendbuf, gather_list=self.recvbufs, dst=0)
+        else:
+            dist.gather(self.sendbuf, dst=0)
+
+    def step(self) -> Dict[str, float]:
+        """Rank 0: one distributed step (see the module docstring)."""
+        if self.rank != 0:
+            raise RuntimeError("only rank 0 drives the steps; the other ranks call run() (which serves)")
+        t = self.t
+        if not self._synced and self.world > 1:
+            self._command(SYNC, t)
+            self._sync()
+        tic = self._clock()
+        if self.world > 1:
+            self._command(STEP, t)
+            self._broadcast_model()
+        updates, losses = self._compute_block(t)
+        if self.world > 1:
+            self._gather()
+            d = self.flat.dim
+            for rank in range(1, self.world):
+                rows = self.recvbufs[rank]
+                for j, w in enumerate(self.blocks[rank]):
+                    if rows[j, d + 1] > 0:
+                        updates[w] = rows[j, :d].to(self.device)
+                        if w < self.h:
+                            losses[w] = rows[j, d].cpu()
+        values = [losses[w] for w in sorted(losses)]
+        loss = float(torch.stack(values).mean()) if values else math.nan
+        t_compute = self._clock() - tic
+        if math.isinf(loss) or (math.isnan(loss) and any(w < self.h for w in updates)):
+            self.t += 1
+            return {"loss": loss, "t_compute": t_compute, "lr": self.lr_at(t), "diverged": True}
+        stats = self.server_step(t, updates)
+        self.t += 1
+        return {"loss": loss, "t_compute": t_compute, **stats}
+
+    def serve(self) -> None:
+        """Ranks > 0: follow rank 0's commands until it sends ``STOP``."""
+        while True:
+            cmd, t = self._command(STOP)
+            if cmd == STOP:
+                return
+            if cmd == SYNC:
+                self._sync()
+            elif cmd == STATE:
+                self._collect()
+            elif cmd == STEP:
+                self._broadcast_model()
+                self._pack(*self._compute_block(t))
+                self._gather()
+            else:
+                raise RuntimeError(f"rank {self.rank}: unknown command {cmd} from rank 0")
+
+    # ------------------------------------------------------------------ run, checkpoints
+    def run(self, steps: Optional[int] = None, **kwargs: Any) -> History:
+        """Rank 0 trains (as :meth:`ParameterServer.run`) and then releases the other ranks;
+        the other ranks serve and return an empty :class:`History`. If rank 0 fails, the
+        other ranks are left waiting: ``torchrun`` stops them (or the collective timeout does)."""
+        if self.rank != 0:
+            self.serve()
+            return History()
+        history = super().run(steps, **kwargs)
+        if self.world > 1:
+            self._command(STOP)
+        return history
+
+    def state_dict(self) -> Dict[str, Any]:
+        if self.rank == 0 and self.world > 1:
+            self._command(STATE, self.t)
+            self._collect()
+        return super().state_dict()
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._synced = False
+
+
+# ---------------------------------------------------------------------- launcher
+
+
+def _parser() -> argparse.ArgumentParser:
+    from robustagg.train import cli
+
+    parser = argparse.ArgumentParser(
+        prog="torchrun --nproc-per-node N -m robustagg.train.distributed",
+        description="Train a parameter-server configuration across torch.distributed ranks "
+                    "(rank 0 aggregates; the others compute workers' updates).")
+    cli.add_arguments(parser)
+    parser.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto",
+                        help="auto: nccl when run.device is cuda, gloo otherwise")
+    parser.add_argument("--no-server-compute", action="store_true",
+                        help="rank 0 only aggregates; the workers are split over ranks 1..N-1")
+    parser.add_argument("--timeout", type=float, default=600.0,
+                        help="seconds a collective waits for a missing rank before failing (default 600)")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of ``torchrun ... -m robustagg.train.distributed``."""
+    from robustagg.train import cli
+
+    args = _parser().parse_args(argv)
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        cfg = cli.load(args)
+        if cfg.is_p2p:
+            raise ValueError("robustagg.train.distributed runs the parameter server; "
+                             "peer-to-peer configurations train in one process (robustagg train)")
+    except (ValueError, TypeError, OSError) as exc:
+        if rank == 0:
+            print(f"robustagg.train.distributed: error: {exc}", file=sys.stderr)
+        return 2
+    if args.threads:  # before any work (torchrun sets OMP_NUM_THREADS=1 for several processes)
+        torch.set_num_threads(args.threads)
+    cuda = cfg.run.device.startswith("cuda")
+    backend = args.backend if args.backend != "auto" else ("nccl" if cuda else "gloo")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        if cfg.run.device != "cuda":  # one device per rank: cuda:LOCAL_RANK
+            cfg = cfg.with_overrides(["run.device=cuda"])
+    if "RANK" not in os.environ:  # plain `python -m`: a one-process group
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.update(RANK="0", WORLD_SIZE="1")
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.timeout))
+    try:
+        trainer = DistributedParameterServer(cfg, server_computes=not args.no_server_compute)
+        if trainer.rank == 0:
+            print(f"robustagg.train.distributed: {trainer.world} rank(s), backend {backend}; workers per rank: "
+                  + ", ".join(f"{r}:{len(b)}" for r, b in enumerate(trainer.blocks)), file=sys.stderr)
+            return cli.train(trainer, args)
+        trainer.run(args.steps, resume=args.resume)
+        return 0
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
