@@ -36,13 +36,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from robustagg.train import ParameterServer, TrainConfig  # noqa: E402
-from robustagg.train.checkpoint import atomic_write_text  # noqa: E402
+from bench_doc import write_section  # noqa: E402
 
 RULES = ["mean", "median", "trimmed-mean", "krum", "geometric-median", "flag", "nnm+trimmed-mean"]
 PHASES = ["t_compute", "t_attack", "t_aggregate", "t_optimizer"]
-BEGIN, END = "<!-- training -->", "<!-- /training -->"
 
 
 def config(rule: str, steps: int, **run: object) -> TrainConfig:
@@ -119,7 +119,6 @@ def distributed_rate(rule: str, warmup: int, steps: int, nproc: int) -> float:
 def markdown(split: Dict[str, Dict[str, float]], rates: Dict[str, float], args: argparse.Namespace) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [
-        BEGIN,
         "## Training",
         "",
         f"`python experiments/bench_training.py` on {platform.processor() or platform.machine()}, {cores()} cores, "
@@ -180,7 +179,7 @@ def markdown(split: Dict[str, Dict[str, float]], rates: Dict[str, float], args: 
                         f"thread here ({rates[slow[0]]:.2f} against {base:.2f} steps/s: "
                         "intra-op threads of a small CNN on a busy machine), so against the default the "
                         f"4-process run is {dist4 / rates[slow[0]]:.1f}x faster.")
-    lines += ["", verdict, END]
+    lines += ["", verdict]
     return "\n".join(lines) + "\n"
 
 
@@ -194,17 +193,6 @@ def _labelled(rates: Dict[str, float]):
         else:
             procs = f"{name.split()[0]} x 1"
         yield name, (procs, rate)
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace the marked training section of ``path`` (or append it), atomically."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    pattern = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END) + r"\n?", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text, count=1)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    atomic_write_text(path, text)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -246,7 +234,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"{name:>40}: {rate:6.2f} steps/s", flush=True)
     text = markdown(split, rates, args)
     if args.write:
-        write_section(args.write, text)
+        write_section(args.write, "training", text)
         print(f"wrote the training section of {args.write}")
     else:
         print(text)
