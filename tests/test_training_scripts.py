@@ -39,10 +39,12 @@ def test_demo_writes_table_plot_and_resumes(tmp_path, capsys):
 
 
 def test_bench_writer_replaces_only_its_section(tmp_path):
-    bench = load("bench_training")
+    doc = load("bench_doc")
     path = tmp_path / "benchmarks.md"
-    bench.write_section(path, f"{bench.BEGIN}\nfirst\n{bench.END}\n")
-    assert path.read_text() == f"# Benchmarks\n\n{bench.BEGIN}\nfirst\n{bench.END}\n"
-    path.write_text(f"# Benchmarks\n\nrules table\n\n{bench.BEGIN}\nfirst\n{bench.END}\n\n## Later\n")
-    bench.write_section(path, f"{bench.BEGIN}\nsecond\n{bench.END}\n")
-    assert path.read_text() == f"# Benchmarks\n\nrules table\n\n{bench.BEGIN}\nsecond\n{bench.END}\n\n## Later\n"
+    doc.write_section(path, "training", "first")
+    assert path.read_text() == doc.HEADER + "\n<!-- training -->\nfirst\n<!-- /training -->\n"
+    path.write_text("# Benchmarks\n\nrules table\n\n<!-- training -->\nfirst\n<!-- /training -->\n\n## Later\n")
+    doc.write_section(path, "training", "second")
+    assert path.read_text() == "# Benchmarks\n\nrules table\n\n<!-- training -->\nsecond\n<!-- /training -->\n\n## Later\n"
+    doc.write_section(path, "aggregators", "rules")
+    assert path.read_text().endswith("## Later\n\n<!-- aggregators -->\nrules\n<!-- /aggregators -->\n")
