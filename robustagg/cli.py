@@ -20,6 +20,7 @@ SUBCOMMANDS = [
     ("certify", "robustagg.election.cli", "certified accuracy of saved ensemble scores (DPA, FA, run-off election)"),
     ("election", "robustagg.election.cli", "train and certify a DPA/FA ensemble from a TOML configuration"),
     ("flower", "robustagg.flower_cli", "run a training configuration as a Flower simulation (needs robustagg[flower])"),
+    ("reproduce", "robustagg.reproduce_cli", "rerun a seed paper's experiment at CPU scale (flag, monna, roe, afl, all)"),
 ]
 
 

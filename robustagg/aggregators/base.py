@@ -40,6 +40,9 @@ class Aggregator(ParamsRepr):
     bound: str = "n > f"
     #: whether the rule detects non-finite rows from its Gram matrix (no extra pass).
     uses_gram: bool = False
+    #: whether any non-finite input entry makes the output non-finite (then the input is only
+    #: checked when the output is not finite: one pass over the input instead of two).
+    nonfinite_shows_in_output: bool = False
 
     def __init__(self, f: int = 0) -> None:
         self.f = check_int(f, "f", minimum=0)
@@ -53,6 +56,14 @@ class Aggregator(ParamsRepr):
 
     def aggregate(self, X: torch.Tensor) -> torch.Tensor:
         """The rule on an ``(n, d)`` float tensor; returns a tensor (no type conversion)."""
+        if self.nonfinite_shows_in_output and isinstance(X, torch.Tensor) and X.dim() == 2 and X.shape[0] > 0:
+            # a rule whose output is non-finite wherever an input is (a plain sum): compute it
+            # first and check the d outputs instead of the n x d inputs; redo it otherwise
+            check_f_bound(self.name or type(self).__name__, X.shape[0], self.f, bound=self.bound)
+            out = self._aggregate(X, self.f, None)
+            if bool(torch.isfinite(out).all()):
+                self._kept = None
+                return out
         X, f, G = self._prepare(X)
         return self._aggregate(X, f, G)
 
