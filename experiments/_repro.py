@@ -69,9 +69,25 @@ def _load_done(path: Path, config: Dict[str, Any]) -> Optional[Dict[str, Any]]:
     return done if done.get("config") == config else None
 
 
+def _die_with_parent() -> None:
+    """Pool initializer: on Linux, end this worker when the parent dies (a killed reproduction
+    must not leave workers behind that finish runs and race with the next start)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+            if os.getppid() == 1:  # the parent died before the call
+                os._exit(1)
+        except OSError:  # pragma: no cover - no libc: workers end with the pool as usual
+            pass
+
+
 def _train(args: Any) -> Dict[str, Any]:
     """Train (or continue) one run in this process; returns its ``done.json`` record."""
-    job, out = args
+    job, out, metrics = args
     import torch
 
     torch.set_num_threads(1)
@@ -79,7 +95,14 @@ def _train(args: Any) -> Dict[str, Any]:
 
     cfg = _with_paths(job, out)
     start = time.perf_counter()
-    trainer = build(cfg)
+
+    def fresh() -> Any:
+        trainer = build(cfg)
+        if metrics is not None:
+            trainer.add_metrics(metrics)
+        return trainer
+
+    trainer = fresh()
     resumed = None
     path = trainer.checkpoint_path
     if path is not None and path.exists():
@@ -88,7 +111,7 @@ def _train(args: Any) -> Dict[str, Any]:
             resumed = trainer.t
         except (ValueError, KeyError, RuntimeError, EOFError):
             path.unlink()  # another configuration, or a damaged file: start over
-            trainer = build(cfg)
+            trainer = fresh()
     history = trainer.run(write=False)
     record = {"key": job["key"], "config": trainer.config.to_dict(), "history": [dict(r) for r in history],
               "wall": time.perf_counter() - start, "resumed_from": resumed,
@@ -117,7 +140,8 @@ def _prepare(jobs: Sequence[Job]) -> None:
 
 
 def run_grid(jobs: Sequence[Job], out: Any, *, processes: Optional[int] = None, fresh: bool = False,
-             progress: bool = True) -> List[Dict[str, Any]]:
+             progress: bool = True, metrics: Optional[Callable[[Any], Dict[str, float]]] = None
+             ) -> List[Dict[str, Any]]:
     """Train every job (or reuse its finished record); return the records in the order of ``jobs``.
 
     Parameters
@@ -130,6 +154,10 @@ def run_grid(jobs: Sequence[Job], out: Any, *, processes: Optional[int] = None, 
         Parallel single-threaded runs (default: the number of cores).
     fresh : bool
         Delete ``out/runs`` first.
+    metrics : callable, optional
+        ``fn(trainer) -> dict`` added to every run's evaluation rows
+        (:meth:`robustagg.train.Trainer.add_metrics`); a module-level function, since it is
+        sent to the worker processes.
     """
     out = Path(out)
     keys = [j["key"] for j in jobs]
@@ -151,7 +179,7 @@ def run_grid(jobs: Sequence[Job], out: Any, *, processes: Optional[int] = None, 
     processes = max(1, min(processes or (os.cpu_count() or 1), len(todo) or 1))
     start = time.perf_counter()
     if todo:
-        tasks = [(job, out) for job in todo]
+        tasks = [(job, out, metrics) for job in todo]
         if processes == 1:
             iterator: Iterable[Dict[str, Any]] = map(_train, tasks)
             pool = None
@@ -159,7 +187,8 @@ def run_grid(jobs: Sequence[Job], out: Any, *, processes: Optional[int] = None, 
             fork = sys.platform.startswith("linux") and "fork" in multiprocessing.get_all_start_methods()
             if fork:
                 _prepare(todo)
-            pool = multiprocessing.get_context("fork" if fork else "spawn").Pool(processes)
+            pool = multiprocessing.get_context("fork" if fork else "spawn").Pool(processes,
+                                                                                initializer=_die_with_parent)
             iterator = pool.imap_unordered(_train, tasks, chunksize=1)
         try:
             for i, record in enumerate(iterator, 1):
@@ -257,8 +286,14 @@ def write_json(path: Any, value: Any) -> None:
 
 
 def elapsed(records: Sequence[Mapping[str, Any]]) -> float:
-    """Core-seconds spent in the records' runs (their wall times summed)."""
-    return float(sum(r.get("wall", 0.0) for r in records))
+    """Core-seconds of training in the records' runs: each run's cumulative training time (its
+    last history row's ``time``, which a resumed run carries over from its checkpoint; evaluation
+    excluded), summed."""
+    total = 0.0
+    for r in records:
+        t = r["history"][-1].get("time") if r.get("history") else None
+        total += float(t) if t is not None else float(r.get("wall", 0.0))
+    return total
 
 
 def timed(fn: Callable[[], Any]) -> tuple:

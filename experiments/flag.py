@@ -36,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _repro as rp  # noqa: E402
 
-RULES = ["flag", "bulyan", "multi-krum", "median", "trimmed-mean", "meamed", "mean"]
+#: "flag" is FA with the reference code's output (an average of unit vectors projected on the
+#: subspace, the library default); "flag-paper" is the paper's (1/p) Y Y^T G 1 on raw gradients
+RULES = ["flag", "flag-paper", "bulyan", "multi-krum", "median", "trimmed-mean", "meamed", "mean"]
 SCALES: Dict[str, Dict[str, Any]] = {
     "full": {"steps": 300, "eval_every": 25, "seeds": [0, 1, 2], "f_values": [1, 2, 3], "augmented": True,
              "rules": RULES, "lams": [0.0, 1.0, 4.0, 16.0], "n": 15, "m": 8, "lam_n": 7, "lam_m": 4},
@@ -61,8 +63,10 @@ def _scale(scale: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
 
 
 def _rule(name: str, f: int, m: int, lam: float = 0.0) -> Dict[str, Any]:
-    params = {"m": m, "lam": lam} if name == "flag" else {}
-    return {"name": name, "f": f, "params": params}
+    if name in ("flag", "flag-paper"):
+        params = {"m": m, "lam": lam, **({"output": "paper"} if name == "flag-paper" else {})}
+        return {"name": "flag", "f": f, "params": params}
+    return {"name": name, "f": f, "params": {}}
 
 
 def _config(sc: Dict[str, Any], *, n: int, f: int, rule: Dict[str, Any], seed: int, threat: str) -> Dict[str, Any]:
@@ -121,9 +125,9 @@ def verdict(table: Dict[tuple, Dict[str, Any]], settings: List[str], rules: List
     ranks, gaps = {}, {}
     for s in settings:
         scores = {r: table[(s, r)]["final"] for r in rules if (s, r) in table}
-        order = sorted(scores, key=lambda r: -scores[r])
+        order = sorted((r for r in scores if r != "flag-paper"), key=lambda r: -scores[r])
         ranks[s] = order.index("flag") + 1 if "flag" in scores else None
-        others = [v for r, v in scores.items() if r != "flag"]
+        others = [v for r, v in scores.items() if not r.startswith("flag")]
         gaps[s] = scores.get("flag", math.nan) - max(others) if others else math.nan
     most_accurate = all(r == 1 for r in ranks.values() if r is not None)
     collapse = {}
@@ -132,8 +136,13 @@ def verdict(table: Dict[tuple, Dict[str, Any]], settings: List[str], rules: List
             collapse[s] = table[(s, "flag")]["final"] - table[(s, "trimmed-mean")]["final"] >= COLLAPSE
     f1 = next((s for s in settings if s == "random f=1"), None)
     lines = [f"FA is the most accurate rule in every setting: **{'yes' if most_accurate else 'no'}** (rank by final "
-             "accuracy: " + ", ".join(f"{s}: {ranks[s]} ({100 * gaps[s]:+.1f} pts vs the best other)"
-                                       for s in settings) + ")."]
+             "accuracy: " + ", ".join(f"{s}: {ranks[s]} ({100 * gaps[s]:+.1f} pts vs the best non-FA rule)"
+                                      for s in settings) + ")."]
+    if "flag-paper" in rules:
+        paper_gaps = {s: table[(s, "flag-paper")]["final"] - table[(s, "flag")]["final"]
+                      for s in settings if (s, "flag-paper") in table and (s, "flag") in table}
+        lines.append("FA with the paper's output instead of the reference code's: "
+                     + ", ".join(f"{s}: {100 * g:+.1f} pts" for s, g in paper_gaps.items()) + ".")
     if f1 is not None and f1 in collapse:
         lines.append(f"Trimmed mean collapses at f = 1 (>= {100 * COLLAPSE:.0f} pts below FA): "
                      f"**{'yes' if collapse[f1] else 'no'}** (trimmed mean "
@@ -160,8 +169,8 @@ def format_markdown(sc: Dict[str, Any], table: Dict[tuple, Dict[str, Any]], sett
     ]
     out = [f"# Flag Aggregator reproduction ({sc['name']} scale)", "",
            rp.markdown_table(["", "paper", "ours"], rows_setup, "lll"), "",
-           "Final test accuracy (%) after the last step (best accuracy over the run in parentheses); "
-           "the best rule per setting in bold.", ""]
+           "Final test accuracy (%) after the last step, mean ± std over the seeds (mean best accuracy over "
+           "the run in parentheses); the best rule per setting in bold.", ""]
     rules = [r for r in sc["rules"] if any((s, r) in table for s in settings)]
     body = []
     for r in rules:
@@ -172,13 +181,14 @@ def format_markdown(sc: Dict[str, Any], table: Dict[tuple, Dict[str, Any]], sett
                 cells.append("-")
                 continue
             top = max(table[(s, q)]["final"] for q in rules if (s, q) in table)
-            text = f"{rp.pct(c['final'])} ({rp.pct(c['best'])})"
+            text = f"{rp.pct(c['final'], c['final_std'] if c['seeds'] > 1 else None)} ({rp.pct(c['best'])})"
             cells.append(f"**{text}**" if c["final"] == top else text)
         body.append([r] + cells)
     out += [rp.markdown_table(["rule"] + settings, body), ""]
     lam_cells = sorted(((float(k[1].split("=")[1]), c) for k, c in table.items() if k[0] == "lambda sweep"),
                        key=lambda item: item[0])
-    lam_rows = [(f"{lam:g}", rp.pct(c["final"]), rp.pct(c["best"])) for lam, c in lam_cells]
+    lam_rows = [(f"{lam:g}", rp.pct(c["final"], c["final_std"] if c["seeds"] > 1 else None), rp.pct(c["best"]))
+                for lam, c in lam_cells]
     if lam_rows:
         out += ["Lambda sweep (FA, p = 7, f = 1 random worker, m = 4):", "",
                 rp.markdown_table(["lambda", "final accuracy (%)", "best accuracy (%)"], lam_rows), ""]
@@ -196,7 +206,7 @@ def write_plot(path: Path, records: List[Dict[str, Any]], settings: List[str], r
         ax = axes[i // cols][i % cols]
         for j, rec in enumerate(r for r in records if r["meta"]["setting"] == panel):
             label = rec["meta"]["rule"] if panel != "lambda sweep" else f"lambda={rec['meta']['lam']:g}"
-            style = "-" if label in ("flag",) or panel == "lambda sweep" else "--"
+            style = "-" if label.startswith("flag") or panel == "lambda sweep" else "--"
             ax.plot(rp.column(rec, "step"), rp.column(rec, "accuracy"), style, label=label,
                     color=f"C{rules.index(label) if label in rules else j}")
         ax.set_title(panel + (" (p = 7)" if panel == "lambda sweep" else " (p = 15)"), fontsize=9)

@@ -18,7 +18,8 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 import flag  # noqa: E402
 
-TINY = {"steps": 8, "eval_every": 4, "seeds": [0], "f_values": [1], "augmented": True, "rules": ["flag", "trimmed-mean", "mean"],
+TINY = {"steps": 8, "eval_every": 4, "seeds": [0], "f_values": [1], "augmented": True,
+        "rules": ["flag", "flag-paper", "trimmed-mean", "mean"],
         "lams": [0.0, 4.0], "data": {"name": "digits"}, "model": {"name": "mlp"}}
 
 
@@ -32,8 +33,8 @@ def test_tiny_grid_writes_every_output_and_resumes(tmp_path):
     assert {"table.md", "metrics.csv", "plot.png", "summary.json"} <= {p.name for p in tmp_path.iterdir()}
     assert not list(tmp_path.rglob("*.tmp*"))
     rows = _rows(tmp_path / "metrics.csv")
-    # 2 settings (random f=1, augmented f=3) x 3 rules + 2 lambda values
-    assert len(rows) == 2 * 3 + 2
+    # 2 settings (random f=1, augmented f=3) x 4 rules + 2 lambda values
+    assert len(rows) == 2 * 4 + 2
     assert {r["setting"] for r in rows} == {"random f=1", "augmented f=3", "lambda sweep"}
     for r in rows:
         assert 0.0 <= float(r["final_accuracy"]) <= float(r["best_accuracy"]) <= 1.0

@@ -253,6 +253,25 @@ def test_time_split_is_reported():
     assert row["rows"] == 10 and row["skipped"] == 0
 
 
+def test_extra_metrics_join_every_evaluation_row():
+    cfg = ps_config("trimmed-mean")
+    cfg["run"] = {**cfg["run"], "steps": 6, "eval_every": 3}
+    seen = []
+
+    def train_loss(trainer):
+        seen.append(trainer.t)
+        X, y = trainer.dataset.X_train, trainer.dataset.y_train
+        with torch.no_grad():
+            return {"train_loss_all": float(torch.nn.functional.cross_entropy(trainer.model(X), y))}
+
+    history = ParameterServer(cfg).add_metrics(train_loss).run()
+    assert seen == [3, 6] and all(math.isfinite(r["train_loss_all"]) for r in history)
+    with pytest.raises(TypeError, match="callable"):
+        ParameterServer(cfg).add_metrics("loss")
+    with pytest.raises(TypeError, match="must return a dict"):
+        ParameterServer(cfg).add_metrics(lambda t: 1.0).run()
+
+
 def test_label_flip_workers_use_the_dataset_classes():
     cfg = {"workers": {"n": 6, "f": 2}, "poisoning": {"name": "label-flip"}, "data": {"partition": "shards"},
            "run": {"steps": 3, "eval_every": 3, "out_dir": ""}}

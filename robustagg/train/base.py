@@ -54,6 +54,21 @@ class Trainer:
         self.loaders: List[Any] = []
         self._elapsed = 0.0
         self._window: Dict[str, float] = {}
+        #: extra evaluation metrics: callables ``fn(trainer) -> dict`` whose entries every
+        #: evaluation row also gets (e.g. the loss on the whole training set); see :meth:`add_metrics`
+        self.metric_fns: List[Callable[["Trainer"], Dict[str, float]]] = []
+
+    def add_metrics(self, fn: Callable[["Trainer"], Dict[str, float]]) -> "Trainer":
+        """Add ``fn(trainer) -> {name: value}`` to every evaluation row (after the test metrics).
+
+        ``fn`` sees the trainer at the evaluation step (``trainer.t``, the model through
+        ``trainer.model`` or ``trainer.node_model(i)``, ``trainer.dataset``, ``trainer.parts``).
+        Its time is not counted in the row's ``time``. Returns the trainer, for chaining.
+        """
+        if not callable(fn):
+            raise TypeError(f"add_metrics needs a callable fn(trainer) -> dict, got {type(fn).__name__}")
+        self.metric_fns.append(fn)
+        return self
 
     # ------------------------------------------------------------------ hooks
     def step(self) -> Dict[str, float]:
@@ -173,6 +188,11 @@ class Trainer:
         count = w.get("loss_count", 0.0)
         row["loss"] = w["loss_sum"] / count if count else math.nan
         row.update(self._evaluate())
+        for fn in self.metric_fns:
+            extra = fn(self)
+            if not isinstance(extra, dict):
+                raise TypeError(f"a metrics function must return a dict, {fn!r} returned {type(extra).__name__}")
+            row.update(extra)
         row["time"] = self._elapsed
         for key in sorted(k for k in w if k.startswith("t_")):
             row[key] = w[key] / steps
