@@ -229,7 +229,7 @@ def format_markdown(sc: Dict[str, Any], summary: Dict[str, Any], v: Dict[str, An
     setup = [
         ("data", "MNIST and CIFAR-10 (full datasets)", "mnist-5k (4,000 train / 1,000 test, offline)"),
         ("model", "logistic regression and CNNs", "multinomial logistic regression (7,850 parameters)"),
-        ("workers / split", "many workers (about 100), label-skewed non-iid",
+        ("workers / split", "many workers, label-skewed non-iid (exact counts: see the paper)",
          f"n = {sc['workers']}, Dirichlet(α = {ALPHA}) label split"),
         ("anarchy", "random arrivals and random local steps per worker",
          f"Bernoulli arrivals, K ~ U{{{K_LOW}..{K_HIGH}}} local steps, no staleness"),

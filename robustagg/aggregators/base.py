@@ -61,7 +61,7 @@ class Aggregator(ParamsRepr):
             # first and check the d outputs instead of the n x d inputs; redo it otherwise
             check_f_bound(self.name or type(self).__name__, X.shape[0], self.f, bound=self.bound)
             out = self._aggregate(X, self.f, None)
-            if bool(torch.isfinite(out).all()):
+            if ops.all_finite(out):
                 self._kept = None
                 return out
         X, f, G = self._prepare(X)

@@ -55,6 +55,13 @@ def nonfinite_rows(X: torch.Tensor) -> torch.Tensor:
     return suspect[exact]
 
 
+def all_finite(v: torch.Tensor) -> bool:
+    """Whether every entry of ``v`` is finite, in one summing pass when it is (``torch.isfinite``
+    builds a boolean tensor as large as ``v``, several times slower); a sum that overflows on
+    finite entries falls back to the exact check."""
+    return bool(torch.isfinite(v.sum())) or bool(torch.isfinite(v).all())
+
+
 def row_norms(X: torch.Tensor) -> torch.Tensor:
     """Euclidean norm of each row."""
     return torch.linalg.vector_norm(X, dim=1)

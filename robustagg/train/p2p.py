@@ -119,7 +119,7 @@ class PeerToPeer(Trainer):
         t_mix = self._clock() - tic
         self.t += 1
         loss = float(torch.stack(losses).mean()) if losses else math.nan
-        diverged = not bool(torch.isfinite(self.theta[: self.h]).all())
+        diverged = not ops.all_finite(self.theta[: self.h])
         return {"loss": loss, "t_compute": t_compute, "t_attack": t_attack, "t_mix": t_mix, "lr": gamma,
                 "diverged": diverged}
 

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from robustagg.aggregators import ops
 from robustagg.participation import Arrival
 from robustagg.train import checkpoint as ckpt
 from robustagg.train.base import Trainer
@@ -230,7 +231,7 @@ class ParameterServer(Trainer):
         if not skipped:
             step = lr * self.config.optimizer.local_lr if self.mode in AFL_MODES else lr
             self.optimizer.step(self.x, u, step)
-            diverged = not bool(torch.isfinite(self.x).all())
+            diverged = not ops.all_finite(self.x)
         t_optimizer = self._clock() - tic
         return {"t_attack": t_attack, "t_aggregate": t_aggregate, "t_optimizer": t_optimizer,
                 "rows": float(X.shape[0]), "skipped": float(skipped), "lr": lr, "diverged": diverged}
