@@ -198,23 +198,32 @@ def format_markdown(sc: Dict[str, Any], table: Dict[tuple, Dict[str, Any]], sett
 
 
 def write_plot(path: Path, records: List[Dict[str, Any]], settings: List[str], rules: List[str]) -> None:
+    """Test accuracy against the step, averaged over the seeds: one panel per setting (+ lambda)."""
     panels = settings + (["lambda sweep"] if any(r["meta"]["setting"] == "lambda sweep" for r in records) else [])
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig, axes = rp.new_figure(rows, cols, (4.2 * cols, 3.2 * rows))
+    fig, axes = rp.new_figure(rows, cols, (4.4 * cols, 3.3 * rows))
     for i, panel in enumerate(panels):
         ax = axes[i // cols][i % cols]
-        for j, rec in enumerate(r for r in records if r["meta"]["setting"] == panel):
-            label = rec["meta"]["rule"] if panel != "lambda sweep" else f"lambda={rec['meta']['lam']:g}"
-            style = "-" if label.startswith("flag") or panel == "lambda sweep" else "--"
-            ax.plot(rp.column(rec, "step"), rp.column(rec, "accuracy"), style, label=label,
-                    color=f"C{rules.index(label) if label in rules else j}")
-        ax.set_title(panel + (" (p = 7)" if panel == "lambda sweep" else " (p = 15)"), fontsize=9)
+        curves: Dict[str, List[Dict[str, Any]]] = {}
+        for rec in records:
+            if rec["meta"]["setting"] == panel:
+                label = rec["meta"]["rule"] if panel != "lambda sweep" else f"lambda = {rec['meta']['lam']:g}"
+                curves.setdefault(label, []).append(rec)
+        for j, (label, recs) in enumerate(curves.items()):
+            steps = rp.column(recs[0], "step")
+            acc = [rp.mean_std([rp.column(r, "accuracy")[k] for r in recs if k < len(r["history"])])[0]
+                   for k in range(len(steps))]
+            lam = panel == "lambda sweep"
+            ax.plot(steps, acc, "-" if lam or label.startswith("flag") else "--", label=label,
+                    color=f"C{j if lam else rules.index(label)}", linewidth=2 if label == "flag" else 1.2)
+        ax.set_title(panel + (" (p = 7, m = 4)" if panel == "lambda sweep" else " (p = 15)"), fontsize=9)
         ax.set_ylim(0, 1)
         ax.set_xlabel("step")
-        ax.set_ylabel("test accuracy")
+        ax.set_ylabel("test accuracy (mean over seeds)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        if i == 0 or panel == "lambda sweep":
+            ax.legend(fontsize=7, loc="lower right", ncol=2)
     for k in range(len(panels), rows * cols):
         axes[k // cols][k % cols].set_visible(False)
     fig.tight_layout()
