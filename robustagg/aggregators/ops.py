@@ -84,9 +84,11 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 def gram(X: torch.Tensor) -> torch.Tensor:
     """``X @ X.T``, exactly symmetric (in float32 for 16-bit inputs, column chunk by chunk).
 
-    On CPU with long rows: for ``n <= 32`` it sums per-block products (``bmm``), which BLAS
+    On CPU with long rows: for ``n <= 64`` it sums per-block products (``bmm``), which BLAS
     runs several times faster than one skinny product and which also accumulates more
-    accurately; for larger ``n`` it calls BLAS ``syrk`` (half the flops of ``X @ X.T``). Kernels
+    accurately; for larger ``n`` it calls BLAS ``syrk`` (half the flops of ``X @ X.T``; at
+    n = 60 it is no faster than ``bmm`` and, run by scipy's BLAS beside torch's thread pool,
+    its time varies by up to 2x). Kernels
     may round ``G_ij`` and ``G_ji`` differently; the result is symmetrised, since exact ties
     (Krum's lowest index wins) need ``D_ij == D_ji``."""
     n, d = X.shape
@@ -99,7 +101,7 @@ def gram(X: torch.Tensor) -> torch.Tensor:
             G.addmm_(block, block.T)
     elif X.device.type != "cpu" or d < 1 << 16:
         G = X @ X.T
-    elif n > 32:
+    elif n > 64:
         G = _syrk(X)
     else:
         width = d // blocks
