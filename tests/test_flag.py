@@ -234,8 +234,12 @@ def test_undone_after_accepted_iterations(solver):
 
 
 def test_no_iteration_when_the_objective_is_already_below_tol():
-    X = torch.from_numpy(inputs(4, 30, seed=16))
-    Y0 = torch.linalg.qr(X.T).Q  # spans every input: E(Y0) = 0
+    # inputs along coordinate axes and Y0 spanning exactly those axes: v_i = 1 with no rounding,
+    # so E(Y0) = 0 (a QR-based Y0 leaves v_i = 1 - 1 ulp, i.e. E ~ 1e-8 > tol, on some CPUs)
+    X = torch.zeros(4, 30, dtype=torch.float64)
+    X[torch.arange(4), torch.tensor([3, 7, 11, 20])] = torch.tensor([2.0, -0.5, 3.0, 1.25], dtype=torch.float64)
+    Y0 = torch.zeros(30, 4, dtype=torch.float64)
+    Y0[torch.tensor([3, 7, 11, 20]), torch.arange(4)] = 1.0
     rule = ra.get("flag", init=Y0, m=4)
     out = rule(X)
     assert rule.last["iterations"] == 0 and not rule.last["undone"]
