@@ -18,6 +18,7 @@ atomically too.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -300,3 +301,21 @@ def timed(fn: Callable[[], Any]) -> tuple:
     start = time.perf_counter()
     value = fn()
     return value, time.perf_counter() - start
+
+
+def script_main(argv: Optional[Sequence[str]], run: Callable[..., Dict[str, Any]], name: str, doc: str,
+                quick_help: str) -> int:
+    """The command line every reproduction script shares: ``[--quick] [--out] [--processes]
+    [--fresh] [--no-progress]``; runs ``run(scale, out, processes, fresh, progress)``, prints the table."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--out", default=None, help=f"output folder (default results/{name} or results/{name}-quick)")
+    ap.add_argument("--processes", type=int, default=None, help="parallel runs (default: one per core)")
+    ap.add_argument("--fresh", action="store_true", help="discard earlier runs in the output folder")
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+    start = time.perf_counter()
+    res = run("quick" if args.quick else "full", args.out, args.processes, args.fresh, not args.no_progress)
+    print(res["table"])
+    print(f"wrote {res['out']}/table.md, metrics.csv, plot.png, summary.json in {time.perf_counter() - start:.0f} s")
+    return 0

@@ -38,7 +38,6 @@ Outputs in ``--out`` (default ``results/afl``, ``results/afl-quick``), written a
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -348,17 +347,7 @@ def run(scale: Union[str, Mapping[str, Any]] = "full", out: Any = None, processe
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="3 seeds x 300 rounds (< 2 minutes)")
-    ap.add_argument("--out", default=None, help="output folder (default results/afl or results/afl-quick)")
-    ap.add_argument("--processes", type=int, default=None, help="parallel runs (default: one per core)")
-    ap.add_argument("--fresh", action="store_true", help="discard earlier runs in the output folder")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    res = run("quick" if args.quick else "full", args.out, args.processes, args.fresh, not args.no_progress)
-    print(res["table"])
-    print(f"wrote {res['out']}/table.md, metrics.csv, plot.png in {res['wall_s']:.0f} s")
-    return 0
+    return rp.script_main(argv, run, "afl", __doc__, "3 seeds x 300 rounds (< 2 minutes)")
 
 
 if __name__ == "__main__":

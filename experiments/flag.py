@@ -25,7 +25,6 @@ checkpoints and records). A killed run resumes where it stopped (see ``experimen
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -158,7 +157,7 @@ def format_markdown(sc: Dict[str, Any], table: Dict[tuple, Dict[str, Any]], sett
          if "data" not in sc else f"`{sc['data']['name']}`"),
         ("model", "FA's MNIST CNN", "the same CNN (`fa-cnn`, 21,840 parameters)" if "model" not in sc
          else f"`{sc['model']['name']}`"),
-        ("workers", f"p = 15, f in {{1, 2, 3}}, FA m = 8", f"p = {sc['n']}, f in {sc['f_values']}, FA m = {sc['m']}"),
+        ("workers", "p = 15, f in {1, 2, 3}, FA m = 8", f"p = {sc['n']}, f in {sc['f_values']}, FA m = {sc['m']}"),
         ("attacks", "random U[0,1]; 3 augmented-data workers",
          "random U[0,1]" + ("; 3 augmented-data workers (`augmented` poisoning)" if sc["augmented"] else "")),
         ("training", "longer, several seeds", f"{sc['steps']} steps, batch 32/worker, SGD lr 0.05, momentum 0.9, "
@@ -257,17 +256,7 @@ def run(scale: Union[str, Mapping[str, Any]] = "full", out: Any = None, processe
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="f = 3 random attack, 5 rules, 100 steps (< 2 minutes)")
-    ap.add_argument("--out", default=None, help="output folder (default results/flag or results/flag-quick)")
-    ap.add_argument("--processes", type=int, default=None, help="parallel runs (default: one per core)")
-    ap.add_argument("--fresh", action="store_true", help="discard earlier runs in the output folder")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    res = run("quick" if args.quick else "full", args.out, args.processes, args.fresh, not args.no_progress)
-    print(res["table"])
-    print(f"wrote {res['out']}/table.md, metrics.csv, plot.png in {res['wall_s']:.0f} s")
-    return 0
+    return rp.script_main(argv, run, "flag", __doc__, "f = 3 random attack, 5 rules, 100 steps (< 2 minutes)")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,6 @@ starts over).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import sys
@@ -310,17 +309,7 @@ def run(scale: Union[str, Mapping[str, Any]] = "full", out: Any = None, processe
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="the <= 2-minute variant (results/monna-quick)")
-    ap.add_argument("--out", default=None, help="output folder (default results/monna or results/monna-quick)")
-    ap.add_argument("--processes", type=int, default=None, help="parallel runs (default min(2, cores))")
-    ap.add_argument("--fresh", action="store_true", help="retrain every run")
-    ap.add_argument("--no-progress", action="store_true")
-    args = ap.parse_args(argv)
-    res = run("quick" if args.quick else "full", args.out, args.processes, args.fresh, not args.no_progress)
-    print(res["table"])
-    print(f"wrote {res['out']}/table.md, metrics.csv, plot.png, summary.json in {res['timing']['wall_s']:.0f} s")
-    return 0
+    return R.script_main(argv, run, "monna", __doc__, "the <= 2-minute variant (results/monna-quick)")
 
 
 if __name__ == "__main__":

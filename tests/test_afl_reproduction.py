@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import afl  # noqa: E402
+from repro_checks import check_reuse_and_retrain  # noqa: E402
 
 TINY = {"workers": 6, "rounds": 20, "seeds": [0], "eval_every": 10, "checkpoint_every": 10}
 
@@ -58,13 +59,7 @@ def test_tiny_grid_writes_every_output_and_resumes(tmp_path):
     assert uniform["participation"]["arrival"]["params"]["p"] == pytest.approx(sum(p) / 6, abs=1e-4)
 
     # a second call reuses every finished run; losing one record retrains exactly that run
-    walls = {r["key"]: r["wall"] for r in res["records"]}
-    again = afl.run(TINY, out=tmp_path, processes=1, progress=False)
-    assert {r["key"]: r["wall"] for r in again["records"]} == walls
-    (tmp_path / "runs" / "afa-cd-skewed-s0" / "done.json").unlink()
-    third = afl.run(TINY, out=tmp_path, processes=1, progress=False)
-    changed = [r["key"] for r in third["records"] if r["wall"] != walls[r["key"]]]
-    assert changed == ["afa-cd-skewed-s0"]
+    third = check_reuse_and_retrain(afl.run, TINY, tmp_path, res, "afa-cd-skewed-s0")
     before = {r["key"]: r["history"] for r in res["records"]}
     retrained = next(r for r in third["records"] if r["key"] == "afa-cd-skewed-s0")
     metrics = ("step", "loss", "test_loss", "accuracy", "train_loss", "rare_accuracy")  # not the timings

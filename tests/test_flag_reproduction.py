@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 
 import flag  # noqa: E402
+from repro_checks import check_reuse_and_retrain  # noqa: E402
 
 TINY = {"steps": 8, "eval_every": 4, "seeds": [0], "f_values": [1], "augmented": True,
         "rules": ["flag", "flag-paper", "trimmed-mean", "mean"],
@@ -45,13 +46,7 @@ def test_tiny_grid_writes_every_output_and_resumes(tmp_path):
     assert summary["verdict"]["line"] == res["verdict"]["line"]
 
     # a second call reuses every finished run; losing one record retrains exactly that run
-    walls = {r["key"]: r["wall"] for r in res["records"]}
-    again = flag.run(TINY, out=tmp_path, processes=1, progress=False)
-    assert {r["key"]: r["wall"] for r in again["records"]} == walls
-    (tmp_path / "runs" / "random-f1-mean-s0" / "done.json").unlink()
-    third = flag.run(TINY, out=tmp_path, processes=1, progress=False)
-    changed = [r["key"] for r in third["records"] if r["wall"] != walls[r["key"]]]
-    assert changed == ["random-f1-mean-s0"]
+    third = check_reuse_and_retrain(flag.run, TINY, tmp_path, res, "random-f1-mean-s0")
     # the same seed and configuration reach the same accuracy
     before = {r["key"]: r["history"][-1]["accuracy"] for r in res["records"]}
     assert third["records"][[r["key"] for r in third["records"]].index("random-f1-mean-s0")]["history"][-1][

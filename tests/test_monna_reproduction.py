@@ -6,7 +6,6 @@ grid are marked slow (`make reproduce`).
 """
 
 import csv
-import importlib.util
 import json
 import sys
 import time
@@ -17,15 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load_monna():
-    spec = importlib.util.spec_from_file_location("monna_experiment", ROOT / "experiments" / "monna.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+sys.path.insert(0, str(ROOT / "experiments"))
 
-
-monna = _load_monna()
+import monna  # noqa: E402
 TINY = {"n": 8, "f": 1, "steps": 20, "eval_every": 10, "checkpoint_every": 10, "seeds": [0],
         "attacks": ["sf", "lf"], "settings": [[1.0, 0.99, ["monna", "dsgd"]]]}
 
