@@ -82,7 +82,8 @@ def reproduce(name: str, *, quick: bool = False, out: Optional[str] = None, proc
             import shutil
 
             shutil.rmtree(out or f"results/roe{'-quick' if quick else ''}", ignore_errors=True)
-        res = module.run(scale, out, jobs=processes or 2, progress=progress)
+        # tqdm bars (one per ensemble) only on a terminal: in a log they are one endless line
+        res = module.run(scale, out, jobs=processes or 2, progress=progress and sys.stderr.isatty())
         v = res["verdict"]
         holds = all(v[b]["holds"] for b in ("dpa", "fa"))
         res["verdict"] = dict(v, holds=holds, line="ROE >= its base method at every radius: "
