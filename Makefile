@@ -29,8 +29,8 @@ bench: $(STAMP)
 	$(PY) experiments/bench_election.py
 	$(PY) experiments/bench_training.py --write docs/benchmarks.md
 
-# every seed paper at CPU scale (results/<name>/: table.md, metrics.csv, plot.png; about 45 minutes
-# on 2 cores, resumable), then the slow-marked tests (the --quick variants and their ranking checks)
+# every seed paper at CPU scale (results/<name>/: table.md, metrics.csv, plot.png; about 27 minutes
+# on 2 idle cores, resumable), then the slow-marked tests (the --quick variants and their ranking checks)
 reproduce: $(STAMP)
 	$(PY) -m robustagg.cli reproduce all
 	$(PY) -m pytest -q -m slow
