@@ -78,20 +78,36 @@ def reproduce(name: str, *, quick: bool = False, out: Optional[str] = None, proc
     module = load(name, experiments_dir(experiments))
     scale = "quick" if quick else "full"
     if name == "roe":  # its own runner: ensembles of base models rather than training runs
-        if fresh:
-            import shutil
-
-            shutil.rmtree(out or f"results/roe{'-quick' if quick else ''}", ignore_errors=True)
-        # tqdm bars (one per ensemble) only on a terminal: in a log they are one endless line
-        res = module.run(scale, out, jobs=processes or 2, progress=progress and sys.stderr.isatty())
-        v = res["verdict"]
-        holds = all(v[b]["holds"] for b in ("dpa", "fa"))
-        res["verdict"] = dict(v, holds=holds, line="ROE >= its base method at every radius: "
-                              + "; ".join(f"{b.upper()}+ROE {'yes' if v[b]['holds'] else 'no'} (mean gain "
-                                          f"{v[b]['mean_gain']:+.1f} pts, {v[b]['min_gain']:+.1f} to "
-                                          f"{v[b]['max_gain']:+.1f})" for b in ("dpa", "fa")))
-        return res
+        return _roe(module, quick, out, processes, fresh, progress)
     return module.run(scale, out, processes=processes, fresh=fresh, progress=progress)
+
+
+def _roe(module: ModuleType, quick: bool, out: Optional[str], processes: Optional[int], fresh: bool,
+         progress: bool) -> dict:
+    """ROE: the logistic-regression ensembles (``full``/``quick``) and, at full scale, the same
+    ensembles of CNNs (``cnn``, into ``<out>-cnn``); one verdict line over both."""
+    import shutil
+
+    scales = ["quick"] if quick else ["full", "cnn"]
+    results = {}
+    for scale in scales:
+        where = None if out is None else (out if scale != "cnn" else f"{out.rstrip('/')}-cnn")
+        if fresh:
+            shutil.rmtree(where or ("results/roe" if scale == "full" else f"results/roe-{scale}"), ignore_errors=True)
+        # tqdm bars (one per ensemble) only on a terminal: in a log they are one endless line
+        results[scale] = module.run(scale, where, jobs=processes or 2, progress=progress and sys.stderr.isatty())
+    parts = []
+    for scale, res in results.items():
+        v = res["verdict"]
+        label = {"full": "logistic base models", "quick": "logistic base models, FA d = 4", "cnn": "CNN base models"}
+        parts.append(f"{label[scale]}: " + "; ".join(
+            f"{b.upper()}+ROE − {b.upper()} {v[b]['gains'][0]:+.1f} pts at radius 0, {v[b]['gains'][-1]:+.1f} at "
+            f"radius 25 (mean {v[b]['mean_gain']:+.1f}; >= {b.upper()} at every radius: {'yes' if v[b]['holds'] else 'no'})"
+            for b in ("dpa", "fa")))
+    first = results[scales[0]]
+    holds = all(r["verdict"][b]["holds"] for r in results.values() for b in ("dpa", "fa"))
+    return dict(first, verdict=dict(first["verdict"], holds=holds, line=" | ".join(parts)),
+                others={s: r for s, r in results.items() if s != scales[0]})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -134,3 +134,19 @@ def test_full_reproduction():
     assert res["k"] == 80 and res["d"] == 16 and res["test_points"] == 1000
     _check_claim(res)
     assert time.perf_counter() - t0 < 1200  # the 20-minute budget on 2 cores
+
+
+@pytest.mark.slow  # 1,360 CNN base models: about 2.5 minutes on 2 idle cores; writes results/roe-cnn
+@pytest.mark.timeout(1800)
+def test_cnn_reproduction():
+    out = ROOT / "results" / "roe-cnn"
+    res = roe.run("cnn", out=out, jobs=2)
+    _check_outputs(out, res)
+    # measured (docs/reproductions.md): with CNN base models ROE is within 1 point at radius 0,
+    # ahead of its base method from radius 10 on, and 3+ points ahead at radius 25 (the paper's
+    # "3-4 points"); not ahead at every radius, so the paper's stronger claim is not asserted
+    for base in ("dpa", "fa"):
+        v = res["verdict"][base]
+        assert v["gains"][0] > -1.5, (base, v)
+        assert v["wins_from"] is not None and v["wins_from"] <= 10, (base, v)
+        assert v["gains"][-1] >= 3.0, (base, v)
