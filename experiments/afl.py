@@ -116,7 +116,8 @@ def jobs(scale: Union[str, Mapping[str, Any]]) -> List[rp.Job]:
 
 
 def global_metrics(ps: Any) -> Dict[str, float]:
-    """The extra evaluation columns (``Trainer.add_metrics``): global training loss (1/n) sum_i f_i(x), pooled training accuracy, test accuracy on RARE."""
+    """The extra evaluation columns (``Trainer.add_metrics``): the global training loss
+    (1/n) sum_i f_i(x), the pooled training accuracy and the test accuracy on ``RARE``."""
     import torch
     import torch.nn.functional as F
 
