@@ -84,6 +84,25 @@ def _source(plan: Plan) -> str:
         body.append(f"out[j] = {med}")
     elif plan.kind == "trimmed":
         body.append("out[j] = (" + " + ".join(f"x{i}" for i in plan.summed) + ") * inv")
+    elif plan.summed:  # "around" with a core: window sums from prefix sums of the loose values
+        # window w covers positions w .. w + k - 1: the core t .. k - 1, the left loose positions
+        # i >= w (suffix sums ls_w) and the right loose positions k .. k + w - 1 (prefix sums rs_w; r_i names the rows);
+        # only additions of values inside a window (a huge value outside it never enters its sum),
+        # and selects instead of branches
+        t = n - k
+        body.append(f"med = {med}")
+        body.append(f"ls{t} = x0 - x0")
+        body += [f"ls{w} = ls{w + 1} + x{w}" for w in range(t - 1, -1, -1)]
+        body.append("rs0 = x0 - x0")
+        body += [f"rs{w} = rs{w - 1} + x{k + w - 1}" for w in range(1, t + 1)]
+        body.append(f"best = max(med - x0, x{k - 1} - med)")
+        body.append("extra = ls0 + rs0")
+        for w in range(1, t + 1):
+            body.append(f"cost = max(med - x{w}, x{w + k - 1} - med)")
+            body.append(f"extra = (ls{w} + rs{w}) if cost < best else extra")
+            body.append("best = cost if cost < best else best")
+        body.append("total = " + " + ".join(f"x{i}" for i in plan.summed))
+        body.append("out[j] = (total + extra) * inv")
     else:
         t = n - k
         body.append(f"med = {med}")
