@@ -134,7 +134,9 @@ def test_process_pool_resumes_and_gives_the_same_scores(data, full_run, tmp_path
     with pytest.raises(KeyboardInterrupt):
         el.train_ensemble(X, y, T, part, MODEL, out_dir=tmp_path, jobs=2, callback=stop, **CFG)
     first = {p.name for p in tmp_path.glob("scores_*.npy")}
-    assert 1 <= len(first) < 4  # the finished model(s) and those in flight are kept, the rest cancelled
+    # at most `jobs` = 2 tasks are ever submitted: the one that finished and at most one in
+    # flight (allowed to finish) are kept; the other two were never started
+    assert 1 <= len(first) <= 2
     got = []  # resume in this process (one pool start keeps the test short)
     out = el.train_ensemble(X, y, T, part, MODEL, out_dir=tmp_path, callback=lambda i, s: got.append(i), **CFG)
     assert len(got) == 4 - len(first)
