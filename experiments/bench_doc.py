@@ -6,9 +6,13 @@ sections missing from the file are appended in the order they are first written.
 
 from __future__ import annotations
 
-import os
 import re
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from robustagg._io import atomic_write_text  # noqa: E402
 
 HEADER = "# Benchmarks\n\nEvery number here was measured by `make bench` (scripts in `experiments/`).\n"
 
@@ -19,7 +23,4 @@ def write_section(path: Path, name: str, text: str) -> None:
     block = f"<!-- {name} -->\n{text.rstrip()}\n<!-- /{name} -->"
     pattern = re.compile(rf"<!-- {re.escape(name)} -->.*?<!-- /{re.escape(name)} -->", re.S)
     new = pattern.sub(lambda _: block, old) if pattern.search(old) else old.rstrip() + "\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
+    atomic_write_text(path, new)

@@ -43,7 +43,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustagg.election.ensemble import _atomic  # noqa: E402
+from robustagg._io import atomic_write  # noqa: E402
 from robustagg.election.pipeline import run_election  # noqa: E402
 
 RADII = [0, 5, 10, 15, 20, 25]
@@ -136,7 +136,7 @@ def write_metrics(path: Path, res: Dict[str, Any]) -> None:
         d = res["d"] if m.startswith("fa") else 1
         for i, r in enumerate(RADII):
             w.writerow([m, res["k"], d, res["k"] * d, res["test_points"], r, f"{res['accuracy'][m][i]:.4f}"])
-    _atomic(path, lambda fh: fh.write(buf.getvalue().encode()))
+    atomic_write(path, lambda fh: fh.write(buf.getvalue().encode()))
 
 
 def write_plot(path: Path, res: Dict[str, Any]) -> None:
@@ -161,7 +161,7 @@ def write_plot(path: Path, res: Dict[str, Any]) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
-    _atomic(path, lambda fh: fh.write(buf.getvalue()))
+    atomic_write(path, lambda fh: fh.write(buf.getvalue()))
 
 
 def _timing(out: Path, trained: int, train_s: float, certify_s: float, jobs: int, total: int) -> Dict[str, Any]:
@@ -174,7 +174,7 @@ def _timing(out: Path, trained: int, train_s: float, certify_s: float, jobs: int
     t = {"trained": old.get("trained", 0) + trained, "train_s": old.get("train_s", 0.0) + train_s,
          "jobs": jobs if trained else old.get("jobs", jobs), "certify_s": certify_s, "this_run_trained": trained}
     t["per_model_s"] = t["train_s"] / t["trained"] if t["trained"] else float("nan")
-    _atomic(path, lambda fh: fh.write(json.dumps(t, indent=1).encode()))
+    atomic_write(path, lambda fh: fh.write(json.dumps(t, indent=1).encode()))
     return t
 
 
@@ -224,7 +224,7 @@ def run(scale: Union[str, Mapping[str, Any]] = "full", out: Any = None, jobs: in
            "accuracy": {m: accuracy[m] for m in METHODS},
            "out": str(out), "timing": timing}
     res["verdict"] = verdict(res["accuracy"])
-    _atomic(out / "table.md", lambda fh: fh.write(format_markdown(res).encode()))
+    atomic_write(out / "table.md", lambda fh: fh.write(format_markdown(res).encode()))
     write_metrics(out / "metrics.csv", res)
     write_plot(out / "plot.png", res)
     return res

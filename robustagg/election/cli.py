@@ -142,13 +142,13 @@ def run_certify(args: argparse.Namespace) -> int:
     print(f"{N} test points, {K} base models, {C} classes")
     print(format_table(radii, acc))
     if args.out:
-        from robustagg.election.ensemble import _atomic
+        from robustagg._io import atomic_write
 
         buf = io.BytesIO()
         np.savez(buf, **certs)
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        _atomic(out, lambda fh: fh.write(buf.getvalue()))
+        atomic_write(out, lambda fh: fh.write(buf.getvalue()))
         print(f"certificates written to {out}")
     return 0
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -31,6 +30,7 @@ from typing import Any, Callable, Dict, Optional
 import numpy as np
 import torch
 
+from robustagg._io import atomic_write
 from robustagg._validation import check_float, check_int
 from robustagg.election.partitions import Partition
 
@@ -44,15 +44,6 @@ def _tensor(x: Any, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     if dtype is not None:
         return t.to(dtype)
     return t if t.is_floating_point() else t.float()
-
-
-def _atomic(path: Path, write: Callable[[Any], None]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def model_seed(seed: int, i: int) -> int:
@@ -86,8 +77,8 @@ def _train_one(i: int, X: torch.Tensor, y: torch.Tensor, test_X: torch.Tensor, m
 
 
 def _save(out_dir: Path, i: int, state: dict, scores: np.ndarray) -> None:
-    _atomic(out_dir / f"model_{i:05d}.pt", lambda fh: torch.save(state, fh))
-    _atomic(out_dir / f"scores_{i:05d}.npy", lambda fh: np.save(fh, scores))
+    atomic_write(out_dir / f"model_{i:05d}.pt", lambda fh: torch.save(state, fh))
+    atomic_write(out_dir / f"scores_{i:05d}.npy", lambda fh: np.save(fh, scores))
 
 
 def _worker_init(test_X: torch.Tensor, threads: int) -> None:
@@ -197,7 +188,7 @@ def train_ensemble(train_X: Any, train_y: Any, test_X: Any, partition: Partition
             raise ValueError(f"{out_dir} holds a different ensemble run (differs in {diff}); "
                              "use another out_dir")
     else:
-        _atomic(mpath, lambda fh: fh.write(json.dumps(manifest, indent=1).encode()))
+        atomic_write(mpath, lambda fh: fh.write(json.dumps(manifest, indent=1).encode()))
 
     pending = [i for i in range(K) if not (out_dir / f"scores_{i:05d}.npy").exists()]
     if jobs == 1 or len(pending) <= 1:
@@ -232,5 +223,5 @@ def train_ensemble(train_X: Any, train_y: Any, test_X: Any, partition: Partition
                     fut.cancel()
                 raise
     scores = load_scores(out_dir, K)
-    _atomic(out_dir / "scores.npy", lambda fh: np.save(fh, scores))
+    atomic_write(out_dir / "scores.npy", lambda fh: np.save(fh, scores))
     return scores

@@ -28,7 +28,8 @@ import numpy as np
 from robustagg._validation import check_int
 from robustagg.election.certificates import certified_accuracy, certify
 from robustagg.election.config import load_config
-from robustagg.election.ensemble import _atomic, train_ensemble
+from robustagg._io import atomic_write
+from robustagg.election.ensemble import train_ensemble
 from robustagg.election.partitions import Partition, dpa_partition, fa_partition, pixel_sum_hash, sha256_hash
 
 __all__ = ["ElectionResult", "load_split", "make_partition", "run_election"]
@@ -120,7 +121,7 @@ def _certify_cached(path: Path, scores: np.ndarray, labels: np.ndarray, partitio
     if todo:
         buf = io.BytesIO()
         np.savez(buf, fingerprint=np.array(fp), **cached)
-        _atomic(path, lambda fh: fh.write(buf.getvalue()))
+        atomic_write(path, lambda fh: fh.write(buf.getvalue()))
     return {m: cached[m] for m in methods}
 
 
@@ -131,7 +132,7 @@ def write_accuracy_csv(path: Path, radii: List[int], accuracy: Mapping[str, np.n
     w.writerow(["radius", *accuracy])
     for i, r in enumerate(radii):
         w.writerow([r, *(f"{acc[i]:.4f}" for acc in accuracy.values())])
-    _atomic(path, lambda fh: fh.write(buf.getvalue().encode()))
+    atomic_write(path, lambda fh: fh.write(buf.getvalue().encode()))
 
 
 def run_election(config: Any, *, out_dir: Any = None, jobs: Optional[int] = None,
@@ -188,8 +189,8 @@ def run_election(config: Any, *, out_dir: Any = None, jobs: Optional[int] = None
     finally:
         bar.close()
     t1 = time.perf_counter()
-    _atomic(out / "config.json", lambda fh: fh.write(json.dumps(cfg, indent=1).encode()))
-    _atomic(out / "labels.npy", lambda fh: np.save(fh, labels))
+    atomic_write(out / "config.json", lambda fh: fh.write(json.dumps(cfg, indent=1).encode()))
+    atomic_write(out / "labels.npy", lambda fh: np.save(fh, labels))
     certs = _certify_cached(out / "certs.npz", scores, labels, partition, cfg["certify"]["methods"])
     radii = list(cfg["certify"]["radii"])
     accuracy = {m: certified_accuracy(c, radii) for m, c in certs.items()}
