@@ -74,16 +74,25 @@ def _rule(name: str, f: int, params: dict, where: str, seed: int = 0) -> aggrega
         raise type(exc)(f"{where}: {exc}") from None
 
 
+def _component(module: Any, spec: Component, where: str, seed: Optional[int], *keys: Any) -> Any:
+    """``module.get(spec.name, **spec.params)``, errors prefixed with ``where``; with a ``seed``,
+    a component that takes one and was given none gets ``derive_seed(seed, *keys)``."""
+    try:
+        params = spec.params if seed is None else _seeded(module.REGISTRY, spec.name, spec.params, seed, *keys)
+        return module.get(spec.name, **params)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"{where}: {exc}") from None
+
+
 def build_attack(cfg: TrainConfig):
-    """The update attack of the Byzantine workers, or ``None`` (``attack.name = "none"``)."""
+    """The update attack of the Byzantine workers, or ``None`` (``attack.name = "none"``).
+
+    Not seeded here: the trainers hand the attack a generator seeded per step."""
     if normalize_name(cfg.attack.name) == "none":
         return None
     from robustagg import attacks
 
-    try:
-        return attacks.get(cfg.attack.name, **cfg.attack.params)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"attack: {exc}") from None
+    return _component(attacks, cfg.attack, "attack", None)
 
 
 def build_poisoner(cfg: TrainConfig):
@@ -92,11 +101,7 @@ def build_poisoner(cfg: TrainConfig):
         return None
     from robustagg import poisoning
 
-    try:
-        params = _seeded(poisoning.REGISTRY, cfg.poisoning.name, cfg.poisoning.params, cfg.run.seed, "poisoning")
-        return poisoning.get(cfg.poisoning.name, **params)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"poisoning: {exc}") from None
+    return _component(poisoning, cfg.poisoning, "poisoning", cfg.run.seed, "poisoning")
 
 
 def build_faults(cfg: TrainConfig):
@@ -105,13 +110,7 @@ def build_faults(cfg: TrainConfig):
         return None
     from robustagg import faults
 
-    built = []
-    for i, spec in enumerate(cfg.faults):
-        try:
-            params = _seeded(faults.REGISTRY, spec.name, spec.params, cfg.run.seed, "fault", i)
-            built.append(faults.get(spec.name, **params))
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"faults[{i}]: {exc}") from None
+    built = [_component(faults, spec, f"faults[{i}]", cfg.run.seed, "fault", i) for i, spec in enumerate(cfg.faults)]
     return faults.Compose(*built)
 
 
@@ -127,10 +126,7 @@ def build_participation(cfg: TrainConfig):
     from robustagg import participation as P
 
     def make(spec: Component, kind: type, where: str):
-        try:
-            obj = P.get(spec.name, **spec.params)
-        except (TypeError, ValueError) as exc:
-            raise type(exc)(f"participation.{where}: {exc}") from None
+        obj = _component(P, spec, f"participation.{where}", None)
         if not isinstance(obj, kind):
             raise ValueError(f"participation.{where}: {spec.name!r} is not a {kind.__name__} "
                              f"(it is a {type(obj).__name__})")
