@@ -65,12 +65,7 @@ ANARCHIC = ANARCHIC.replace("lr = 0.3", 'lr = 0.3\nmomentum = 0.9\nmomentum_at =
 ANARCHIC = ANARCHIC.replace("checkpoint_every = 20", "checkpoint_every = 5")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # torchrun gives each process one thread: the same float results
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def torchrun(config: Path, out: Path, *args: str, nproc: int = 3) -> subprocess.CompletedProcess:

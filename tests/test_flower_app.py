@@ -27,16 +27,7 @@ def task_identity(monkeypatch):
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread, as each simulated node has (with the default thread count, the tiny
-    model's steps spin on a loaded 2-core machine: 40 s instead of 3 s)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_pyproject_is_a_valid_flower_app():

@@ -25,12 +25,7 @@ BASE = {"data": {"name": "digits"}, "model": {"name": "logistic"}, "workers": {"
         "optimizer": {"lr": 0.8, "local_lr": 0.2}, "run": {"steps": 2, "out_dir": ""}}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def with_(base, **sections):

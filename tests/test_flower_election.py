@@ -25,12 +25,10 @@ K, SEED, STEPS, LR, ROUNDS = 7, 3, 15, 0.3, 2
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def node_context(one_thread):
+    """One torch thread (tests/conftest.py) inside a Flower task identity, as on a node."""
     with task_identity():
         yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

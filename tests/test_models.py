@@ -121,15 +121,6 @@ def test_model_fn_is_picklable_and_checks_params_early():
         models.model_fn("transformer")
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train faster on one thread, especially on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("name,kwargs,lr", [("logistic", {}, 0.5), ("mlp", {"hidden": (64,)}, 0.1)])
 def test_small_models_learn_digits(name, kwargs, lr, one_thread):
     ds = data.load("digits")

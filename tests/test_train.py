@@ -15,12 +15,7 @@ from robustagg.train import ParameterServer, PeerToPeer, TrainConfig, build, che
 SEED = 1
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def ps_config(rule, **extra):
