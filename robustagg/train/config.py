@@ -53,9 +53,10 @@ class DataConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Component):
+    """``[model]``: a registered model and its parameters (default the MLP)."""
+
     name: str = "mlp"
-    params: Params = field(default_factory=dict)
 
 
 @dataclass
