@@ -41,6 +41,11 @@ from robustagg.train.checkpoint import atomic_write_bytes, atomic_write_text  # 
 Job = Dict[str, Any]  # {"key": str, "config": dict (a TrainConfig dict), **metadata}
 
 
+def default_out(name: str, scale: str) -> Path:
+    """``results/<name>`` for the full scale, ``results/<name>-<scale>`` for the others."""
+    return Path("results") / (name if scale == "full" else f"{name}-{scale}")
+
+
 def _normal(config: Mapping[str, Any]) -> Dict[str, Any]:
     """The configuration as the trainer stores it (defaults filled in), for comparisons."""
     from robustagg.train import TrainConfig
@@ -143,7 +148,8 @@ def _prepare(jobs: Sequence[Job]) -> None:
 def run_grid(jobs: Sequence[Job], out: Any, *, processes: Optional[int] = None, fresh: bool = False,
              progress: bool = True, metrics: Optional[Callable[[Any], Dict[str, float]]] = None
              ) -> List[Dict[str, Any]]:
-    """Train every job (or reuse its finished record); return the records in the order of ``jobs``.
+    """Train every job (or reuse its finished record); return the records in the order of ``jobs``,
+    each with ``trained`` (whether this call trained or continued it, rather than reusing it).
 
     Parameters
     ----------
@@ -179,6 +185,9 @@ def run_grid(jobs: Sequence[Job], out: Any, *, processes: Optional[int] = None, 
         print(f"{len(jobs) - len(todo)} of {len(jobs)} runs already done; training {len(todo)}", flush=True)
     processes = max(1, min(processes or (os.cpu_count() or 1), len(todo) or 1))
     start = time.perf_counter()
+    import torch
+
+    threads = torch.get_num_threads()  # runs in this process set one thread: restored below
     if todo:
         tasks = [(job, out, metrics) for job in todo]
         if processes == 1:
@@ -203,7 +212,9 @@ def run_grid(jobs: Sequence[Job], out: Any, *, processes: Optional[int] = None, 
             if pool is not None:
                 pool.close()
                 pool.join()
-    return [records[k] for k in keys]
+            torch.set_num_threads(threads)
+    trained = {j["key"] for j in todo}
+    return [dict(records[k], trained=k in trained) for k in keys]
 
 
 # ---------------------------------------------------------------------- summaries

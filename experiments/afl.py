@@ -328,7 +328,7 @@ def run(scale: Union[str, Mapping[str, Any]] = "full", out: Any = None, processe
         fresh: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Train (or resume) every run of ``scale``, write the outputs into ``out`` and return the results."""
     sc = _scale(scale)
-    out = Path(out if out is not None else ("results/afl-quick" if sc["name"] == "quick" else "results/afl"))
+    out = Path(out) if out is not None else rp.default_out("afl", sc["name"])
     start = time.perf_counter()
     grid = jobs(sc)
     records = rp.run_grid(grid, out, processes=processes, fresh=fresh, progress=progress, metrics=global_metrics)

@@ -251,11 +251,6 @@ def write_plot(path: Path, sc: Mapping[str, Any], grid: Sequence[Dict[str, Any]]
     R.save_figure(fig, path)
 
 
-def _stamp(out: Path, key: str) -> Optional[int]:
-    path = out / "runs" / key / "done.json"
-    return path.stat().st_mtime_ns if path.exists() else None
-
-
 def run(scale: Union[str, Mapping[str, Any]] = "full", out: Any = None, processes: Optional[int] = None,
         fresh: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Train (or reuse) every run of the scale, write the outputs into ``out`` and return the results.
@@ -277,24 +272,17 @@ def run(scale: Union[str, Mapping[str, Any]] = "full", out: Any = None, processe
         ``out``, ``table`` (table.md's text), ``verdict`` (``holds``, ``line``, ``checks``), ``cells``
         (one dict per alpha, beta, attack, method), ``timing`` (``trained``: runs trained by this call).
     """
-    import torch
-
     sc = _scale(scale)
-    out = Path(out if out is not None else ("results/monna-quick" if sc["name"] == "quick" else "results/monna"))
+    out = Path(out) if out is not None else R.default_out("monna", sc["name"])
     grid = jobs(sc)
     processes = processes or min(2, os.cpu_count() or 1)
-    before = {} if fresh else {j["key"]: _stamp(out, j["key"]) for j in grid}
-    threads = torch.get_num_threads()
     t0 = time.perf_counter()
-    try:
-        # the line-searched FOE runs are the longest: start them first so the pool ends evenly
-        first = sorted(grid, key=lambda j: j["attack"] != "foe")
-        by_key = {r["key"]: r for r in R.run_grid(first, out, processes=processes, fresh=fresh, progress=progress)}
-    finally:
-        torch.set_num_threads(threads)  # one process: the runs set one thread in this process
+    # the line-searched FOE runs are the longest: start them first so the pool ends evenly
+    first = sorted(grid, key=lambda j: j["attack"] != "foe")
+    by_key = {r["key"]: r for r in R.run_grid(first, out, processes=processes, fresh=fresh, progress=progress)}
     wall = time.perf_counter() - t0
     records = [by_key[j["key"]] for j in grid]
-    trained = sum(_stamp(out, j["key"]) != before.get(j["key"]) for j in grid)
+    trained = sum(r["trained"] for r in records)
     timing = {"runs": len(grid), "trained": trained, "wall_s": wall, "processes": processes,
               "core_s": R.elapsed(records)}
     cells = _cells(grid, records)
