@@ -196,19 +196,6 @@ class Layout:
         return out
 
 
-def nonfinite_rows(X: np.ndarray) -> np.ndarray:
-    """Indices of the rows of ``X`` holding NaN or Inf.
-
-    One pass of row sums: a row with a NaN/Inf entry has a non-finite sum; rows whose sum is
-    not finite only because it overflowed are re-checked entry by entry, so the answer is exact.
-    """
-    sums = X.sum(axis=1)
-    suspect = np.flatnonzero(~np.isfinite(sums))
-    if suspect.size:
-        suspect = np.array([i for i in suspect if not np.isfinite(X[i]).all()], dtype=np.int64)
-    return suspect
-
-
 def metric_scalar(metrics: object, key: str) -> Optional[float]:
     """The finite scalar ``metrics[key]`` of a ``MetricRecord``, or ``None`` when absent or invalid."""
     try:

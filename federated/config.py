@@ -224,13 +224,6 @@ def server_settings(cfg: TrainConfig) -> Dict[str, Any]:
     return {"mode": mode, "server_lr": float(lr), "server_momentum": float(opt.momentum)}
 
 
-def _accepts(registry: Any, name: str, param: str) -> bool:
-    try:
-        return param in inspect.signature(registry.resolve(name)).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def roles(cfg: TrainConfig, num_classes: Optional[int] = None) -> Dict[int, Dict[str, Any]]:
     """The nodes' roles (:mod:`federated._roles`) for the attack, poisoning and fault of ``cfg``.
 

@@ -45,6 +45,7 @@ from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from robustagg import election
 from robustagg._validation import check_choice, check_int
+from robustagg.aggregators import ops
 
 from federated._updates import Layout, MalformedReply, metric_scalar, split_records
 from federated.strategy import SKIPPED_KEY, mean_metrics
@@ -160,6 +161,7 @@ class ElectionStrategy(FedAvg):
         if self._models is None:
             raise RuntimeError("ElectionStrategy.aggregate_train before configure_train")
         entry: Dict[str, Any] = {"round": int(server_round), "accepted": [], "rejected": {}, "absent": []}
+        accepted = set()  # the nodes of entry["accepted"], for the replay check
         contents = []
         row = np.empty(self._layout.d, dtype=self._layout.dtype)
         for msg in replies:
@@ -175,18 +177,19 @@ class ElectionStrategy(FedAvg):
                 if not records and metric_records and metric_scalar(metric_records[0], SKIPPED_KEY):
                     entry["absent"].append(node)
                     continue
-                if node in entry["accepted"]:
+                if node in accepted:
                     raise MalformedReply("a second reply from this node in one round (replayed?)")
                 if len(records) != 1:
                     raise MalformedReply(f"expected one ArrayRecord, got {len(records)}")
                 self._layout.decode_into(records[0], row)
-                if not np.isfinite(row).all():
+                if not ops.all_finite(torch.from_numpy(row)):
                     raise MalformedReply("non-finite values (NaN/Inf)")
             except MalformedReply as exc:
                 entry["rejected"][node] = str(exc)
                 continue
             self._models[self._index[node]] = row
             entry["accepted"].append(node)
+            accepted.add(node)
             contents.append(msg.content)
         for node, reason in entry["rejected"].items():
             logger.warning("round %d: rejected the model of node %d (it keeps its previous one): %s",

@@ -18,10 +18,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp.strategy import FedAvg
 
 from robustagg._validation import check_choice, check_float, check_int
-from robustagg.aggregators import Aggregator
+from robustagg.aggregators import Aggregator, ops
 
 from federated import _rules
-from federated._updates import Layout, MalformedReply, metric_scalar, nonfinite_rows, split_records
+from federated._updates import Layout, MalformedReply, metric_scalar, split_records
 
 logger = logging.getLogger("flwr.robustagg")
 
@@ -160,6 +160,8 @@ class RobustStrategy(FedAvg):
 
     def set_global(self, arrays: ArrayRecord) -> None:
         """Set the global arrays :math:`x_t` the next replies are compared with."""
+        if arrays is self._global_record and self._global is not None:
+            return  # the record this strategy built last round (Flower passes it back): decoded already
         layout = self._layout
         if layout is None or list(arrays.keys()) != layout.keys or any(
                 tuple(arrays[k].shape) != layout.shapes[k] or np.dtype(arrays[k].dtype) != layout.dtypes[k]
@@ -201,7 +203,7 @@ class RobustStrategy(FedAvg):
                 entry.update(skipped=True, reason=f"the rule failed: {type(exc).__name__}: {exc}")
             else:
                 entry.update(exposed)
-                if _finite(aggregate):
+                if ops.all_finite(aggregate):
                     arrays = self._step(aggregate)
                 else:
                     entry.update(skipped=True, reason="the rule returned non-finite values")
@@ -225,7 +227,7 @@ class RobustStrategy(FedAvg):
     # ----------------------------------------------------------------- internals
     def _collect(self, replies: List[Message]):
         """Decode the replies into an ``(n, d)`` update matrix, rejecting malformed ones."""
-        layout, g = self._layout, self._global
+        layout = self._layout
         X = self._rows(len(replies))
         nodes: List[int] = []
         contents: List[Any] = []
@@ -267,7 +269,7 @@ class RobustStrategy(FedAvg):
             contents.append((content, metric_records))
             steps.append(k)
         X = X[: len(nodes)]
-        bad = nonfinite_rows(X)
+        bad = ops.nonfinite_rows(torch.from_numpy(X)).numpy()  # X is a view of the reused buffer
         if bad.size:
             for i in bad:
                 rejected[nodes[i]] = "non-finite values (NaN/Inf)"
@@ -368,9 +370,6 @@ class RobustStrategy(FedAvg):
         return metrics
 
 
-def _finite(vector: torch.Tensor) -> bool:
-    """Whether every entry is finite: a sum (no boolean temporary), exact check on overflow."""
-    return bool(torch.isfinite(vector.sum())) or bool(torch.isfinite(vector).all())
 
 
 def mean_metrics(records: List[Any], weighted_by_key: str = "num-examples") -> MetricRecord:
