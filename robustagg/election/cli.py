@@ -19,7 +19,6 @@ subcommand's name (``parser.prog`` and ``args.command``).
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -144,11 +143,8 @@ def run_certify(args: argparse.Namespace) -> int:
     if args.out:
         from robustagg._io import atomic_write
 
-        buf = io.BytesIO()
-        np.savez(buf, **certs)
         out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, lambda fh: fh.write(buf.getvalue()))
+        atomic_write(out, lambda fh: np.savez(fh, **certs))
         print(f"certificates written to {out}")
     return 0
 

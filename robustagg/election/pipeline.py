@@ -119,9 +119,7 @@ def _certify_cached(path: Path, scores: np.ndarray, labels: np.ndarray, partitio
         cached[m] = certify(scores, labels, m, k=partition.k if fa else None, d=partition.d if fa else None,
                             shifts=partition.shifts if fa else None)
     if todo:
-        buf = io.BytesIO()
-        np.savez(buf, fingerprint=np.array(fp), **cached)
-        atomic_write(path, lambda fh: fh.write(buf.getvalue()))
+        atomic_write(path, lambda fh: np.savez(fh, fingerprint=np.array(fp), **cached))
     return {m: cached[m] for m in methods}
 
 

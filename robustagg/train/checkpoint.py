@@ -15,19 +15,15 @@ from typing import Any, Dict, Union
 import numpy as np
 import torch
 
-from robustagg._io import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
+from robustagg._io import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported)
 
 PathLike = Union[str, os.PathLike]
 FORMAT = 1
 
 
 def save(state: Dict[str, Any], path: PathLike) -> None:
-    """``torch.save`` to a temporary file, then ``os.replace`` onto ``path``."""
-    import io
-
-    buffer = io.BytesIO()
-    torch.save({"format": FORMAT, **state}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    """``torch.save`` streamed into a temporary file, then ``os.replace`` onto ``path``."""
+    atomic_write(path, lambda fh: torch.save({"format": FORMAT, **state}, fh))
 
 
 def load(path: PathLike) -> Dict[str, Any]:

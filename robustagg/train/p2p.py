@@ -153,7 +153,10 @@ class PeerToPeer(Trainer):
                 return rule.aggregate(Y).unsqueeze(0).repeat(k, 1)
             return torch.stack([self.mixing_rule.aggregate(Y[received[i]]) for i in range(k)])
         if self.mixing == "dsgd":
-            W = torch.ones(k, n_rows, dtype=torch.float64, device=Y.device) if received is None else received.double()
+            if received is None:  # every node averages the same rows: one (n,) @ (n, d) product
+                w = torch.full((n_rows,), 1.0 / n_rows, dtype=torch.float64, device=Y.device)
+                return ops.combine_rows(w, Y).unsqueeze(0).repeat(k, 1)
+            W = received.double()
             return ops.combine_rows(W / W.sum(dim=1, keepdim=True), Y)
         D, _ = ops.sq_distances(Y)
         if received is not None:

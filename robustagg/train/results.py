@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional
 
-from robustagg.train.checkpoint import atomic_write_bytes, atomic_write_text
+from robustagg._io import atomic_write, atomic_write_text
 
 
 class History(list):
@@ -107,9 +107,7 @@ def plot(history: Iterable[Dict[str, Any]], path: Any, title: str = "") -> None:
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_write(path, lambda fh: fig.savefig(fh, format="png"))
 
 
 def write_results(directory: Any, history: History, *, config_toml: Optional[str] = None,
