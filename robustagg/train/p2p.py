@@ -90,6 +90,7 @@ class PeerToPeer(Trainer):
         k, d = len(self.nodes), self.flat.dim
         self.theta = self.flat.vector().unsqueeze(0).repeat(k, 1)
         self.momentum = torch.zeros(k, d, device=self.device)
+        self._Y: Optional[torch.Tensor] = None  # the mixing input, reused every step
         self.G = torch.empty(k, d, device=self.device)
 
     # ------------------------------------------------------------------ one step
@@ -103,7 +104,10 @@ class PeerToPeer(Trainer):
             if w < self.h:
                 losses.append(loss)
         self.momentum.mul_(self.beta).add_(self.G, alpha=1.0 - self.beta)
-        half = torch.add(self.theta, self.momentum, alpha=-gamma)
+        k = len(self.nodes)
+        if self._Y is None:  # one (k + f, d) buffer: the half steps, then the Byzantine rows
+            self._Y = torch.empty(k + self.f, self.theta.shape[1], dtype=self.theta.dtype, device=self.device)
+        half = torch.add(self.theta, self.momentum, alpha=-gamma, out=self._Y[:k])
         t_compute = self._clock() - tic
 
         tic = self._clock()
@@ -111,11 +115,12 @@ class PeerToPeer(Trainer):
         if self.attack is not None and self.f > 0:
             gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, "attack", t))
             B = self.attack(half[: self.h], self.f, aggregator=self._node0_target(), generator=gen)
-            Y = torch.cat([half, B.to(half.dtype)])
+            Y = self._Y[: k + B.shape[0]]
+            Y[k:].copy_(B)
         t_attack = self._clock() - tic
 
         tic = self._clock()
-        self.theta = self.mix(Y, len(self.nodes), self._received(t, Y.shape[0]))
+        self.theta = self.mix(Y, k, self._received(t, Y.shape[0]))
         t_mix = self._clock() - tic
         self.t += 1
         loss = float(torch.stack(losses).mean()) if losses else math.nan
