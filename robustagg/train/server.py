@@ -209,10 +209,14 @@ class ParameterServer(Trainer):
             for w in ids:
                 self.store[w].copy_(sent[w])
             X = self.store
-        elif len(ids) == self.n and all(sent[w] is updates.get(w) for w in ids):
-            X = self.U
         else:
-            X = torch.stack([sent[w] for w in ids]) if ids else self.U[:0]
+            for w in ids:  # rows a fault replaced (stale, bit-flipped, ...) go back into the buffer
+                if sent[w] is not updates.get(w):
+                    self.U[w].copy_(sent[w])
+            if len(ids) == self.n:
+                X = self.U
+            else:  # some workers sent nothing: only theirs are left out
+                X = self.U[torch.tensor(ids, dtype=torch.long, device=self.device)] if ids else self.U[:0]
         skipped = X.shape[0] == 0 or X.shape[0] < self.rule.min_inputs()
         u = None if skipped else self.rule.aggregate(X)
         t_aggregate = self._clock() - tic
