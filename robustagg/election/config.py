@@ -43,18 +43,11 @@ from __future__ import annotations
 
 import copy
 import difflib
+import tomllib
 from pathlib import Path
 from typing import Any, Dict, Mapping, Union
 
 from robustagg._validation import check_choice, check_float, check_int
-
-try:  # Python >= 3.11
-    import tomllib as _toml
-except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with tomli installed
-    try:
-        import tomli as _toml  # type: ignore[no-redef]
-    except ModuleNotFoundError:
-        _toml = None  # type: ignore[assignment]
 
 __all__ = ["DEFAULT_RADII", "SCHEMA", "load_config", "validate_config"]
 
@@ -214,12 +207,10 @@ def load_config(source: Union[str, Path, Mapping[str, Any]]) -> Dict[str, Any]:
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"configuration file {str(path)!r} not found")
-    if _toml is None:  # pragma: no cover
-        raise RuntimeError("reading TOML needs Python >= 3.11 (tomllib) or the tomli package")
     try:
         with open(path, "rb") as fh:
-            raw = _toml.load(fh)
-    except _toml.TOMLDecodeError as exc:
+            raw = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: invalid TOML: {exc}") from None
     try:
         return validate_config(raw)
