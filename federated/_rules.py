@@ -86,3 +86,35 @@ def per_layer_rules(rule: Aggregator, keys: List[str], cache: Optional[Dict[str,
         if key not in cache:
             cache[key] = copy.deepcopy(rule)
     return cache
+
+
+def name_nodes(entry: Dict[str, Any], partitions: Dict[int, int]) -> Dict[str, Any]:
+    """A history ``entry`` with node ids replaced by partition ids when all of them are known.
+
+    ``entry["ids"]`` says which ones it names (``"partition"`` or ``"node"``); with partition
+    ids, ``entry["node_ids"]`` maps each partition back to its node id.
+    """
+    found = set(entry["accepted"]) | set(entry["rejected"]) | set(entry["absent"]) | set(entry["replayed"])
+    found |= set(entry.get("trusted", [])) | set(entry.get("weights", {}))
+    for layer in entry.get("per_layer", {}).values():
+        found |= set(layer.get("trusted", [])) | set(layer.get("weights", {}))
+    if not found or not found <= set(partitions):
+        entry["ids"] = "node"
+        return entry
+
+    def one(exposed: Dict[str, Any]) -> Dict[str, Any]:
+        out = dict(exposed)
+        if "trusted" in out:
+            out["trusted"] = [partitions[n] for n in out["trusted"]]
+        if "weights" in out:
+            out["weights"] = {partitions[n]: w for n, w in out["weights"].items()}
+        return out
+
+    named = one(entry)
+    named.update(accepted=[partitions[n] for n in entry["accepted"]],
+                 rejected={partitions[n]: r for n, r in entry["rejected"].items()},
+                 absent=[partitions[n] for n in entry["absent"]], replayed=[partitions[n] for n in entry["replayed"]],
+                 ids="partition", node_ids={partitions[n]: n for n in sorted(found)})
+    if "per_layer" in entry:
+        named["per_layer"] = {k: one(v) for k, v in entry["per_layer"].items()}
+    return named

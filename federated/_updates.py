@@ -44,6 +44,19 @@ def _npy_header(dtype: np.dtype, shape: Tuple[int, ...]) -> bytes:
     return buf.getvalue()
 
 
+def _trailing_bytes(data: bytes) -> int:
+    """How many bytes of a serialized ``.npy`` array follow its data (``np.load`` ignores them)."""
+    from numpy.lib import format as npformat
+
+    buf = io.BytesIO(data)
+    version = npformat.read_magic(buf)
+    read = npformat.read_array_header_1_0 if version == (1, 0) else npformat.read_array_header_2_0
+    shape, _, dtype = read(buf)
+    if dtype.hasobject:
+        return 0  # rejected as undecodable by np.load(allow_pickle=False)
+    return len(data) - buf.tell() - int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
 class Layout:
     """Keys, shapes and dtypes of the global ``ArrayRecord`` and their place in the flat vector.
 
@@ -113,9 +126,12 @@ class Layout:
             value = np.frombuffer(data, dtype=dtype, count=out.size, offset=len(header))
         else:
             try:
+                extra = _trailing_bytes(data)
                 value = arr.numpy()
             except Exception as exc:  # noqa: BLE001 - any decoding failure is the client's fault
                 raise MalformedReply(f"array {key!r} cannot be decoded ({type(exc).__name__}: {exc})") from None
+            if extra:
+                raise MalformedReply(f"array {key!r} has {extra} byte(s) after its data")
             if value.dtype != dtype:
                 raise MalformedReply(f"array {key!r} has dtype {value.dtype}, expected {dtype}")
             if tuple(value.shape) != shape:

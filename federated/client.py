@@ -226,7 +226,7 @@ def make_client_app(model_fn: Callable[[], torch.nn.Module],
             arrivals = [a for a in model.round(t) if a.worker == worker]
             if not arrivals:
                 _save_state(context, state)
-                return _skipped(msg)
+                return _skipped(msg, partition)
             steps, staleness = arrivals[0].local_steps, arrivals[0].staleness
             key = min(k for k in history if k >= t - staleness)  # the oldest kept if that round is gone
             start, staleness = history[key], t - key
@@ -254,14 +254,15 @@ def make_client_app(model_fn: Callable[[], torch.nn.Module],
             state["fault"] = fault
             if delta is None:
                 _save_state(context, state)
-                return _skipped(msg)
+                return _skipped(msg, partition)
             delta, exact = delta.numpy(), False
         _save_state(context, state)
         reply_arrays = ArrayRecord(trained) if exact else layout.to_record(g + delta, ArrayRecord(trained))
         reported = role.report_num_examples if role.report_num_examples is not None else n_examples
         metrics = MetricRecord({"num-examples": reported, "local-steps": steps, "train-loss": loss,
                                 "staleness": staleness})
-        return Message(RecordDict({"arrays": reply_arrays, "metrics": metrics}), reply_to=msg)
+        return Message(RecordDict({"arrays": reply_arrays, "metrics": metrics, "node": _node(partition)}),
+                       reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
@@ -278,9 +279,15 @@ def make_client_app(model_fn: Callable[[], torch.nn.Module],
     return app
 
 
-def _skipped(msg: Message) -> Message:
+def _node(partition: int) -> ConfigRecord:
+    """Who replies: the node's partition id (``RobustStrategy.history`` names nodes by it)."""
+    return ConfigRecord({PARTITION_KEY: int(partition)})
+
+
+def _skipped(msg: Message, partition: int) -> Message:
     """The reply of a node that does not take part in this round (no arrays)."""
-    return Message(RecordDict({"metrics": MetricRecord({"num-examples": 0, "skipped": 1})}), reply_to=msg)
+    return Message(RecordDict({"metrics": MetricRecord({"num-examples": 0, "skipped": 1}),
+                               "node": _node(partition)}), reply_to=msg)
 
 
 __all__: List[str] = ["evaluate_model", "local_train", "make_client_app"]

@@ -7,20 +7,22 @@ training replies is replaced.
 
 from __future__ import annotations
 
+import inspect
 import logging
-import math
 import time
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 
 from robustagg._validation import check_choice, check_float, check_int
 from robustagg.aggregators import Aggregator, ops
 
 from federated import _rules
+from federated._metrics import (check_weight_key, log_received, log_round, mean_metrics, mean_of, node_partition,
+                                wait_for_nodes)
 from federated._updates import Layout, MalformedReply, metric_scalar, split_records
 
 logger = logging.getLogger("flwr.robustagg")
@@ -58,7 +60,7 @@ class RobustStrategy(FedAvg):
     or the rule raises or returns NaN/Inf, the round is **skipped** with a warning and the
     model is unchanged.
 
-    **Anarchic modes** (Yang et al., 2022; ``ALGORITHMS.md`` §4). Clients report their
+    **Anarchic modes** (Yang et al., 2022; ``docs/algorithms.md``). Clients report their
     number of local steps :math:`K_i` as the ``local-steps`` metric (1 when absent; values
     that are not finite and >= 1 reject the reply); the update becomes the per-step average
     :math:`u_i / K_i`, i.e. :math:`-\eta_L G_i` for a worker that ran :math:`K_i` SGD
@@ -114,12 +116,19 @@ class RobustStrategy(FedAvg):
     The rules' own papers are cited in their docstrings (``robustagg.get(name).__doc__``).
     """
 
-    def __init__(self, aggregator: Any, *, pre: Any = None, f: int = 0, server_lr: float = 1.0,
+    def __init__(self, aggregator: Any, *fedavg_args: Any, pre: Any = None, f: int = 0, server_lr: float = 1.0,
                  server_momentum: float = 0.0, per_layer: bool = False, mode: str = "sync",
                  **fedavg_kwargs: Any) -> None:
-        fedavg_kwargs.setdefault("train_metrics_aggr_fn", mean_metrics)
-        fedavg_kwargs.setdefault("evaluate_metrics_aggr_fn", mean_metrics)
-        super().__init__(**fedavg_kwargs)
+        try:  # FedAvg's own signature, positional or by keyword, after the rule
+            bound = inspect.signature(FedAvg.__init__).bind(self, *fedavg_args, **fedavg_kwargs)
+        except TypeError as exc:
+            raise TypeError(f"RobustStrategy(aggregator, <FedAvg arguments>): {exc}") from None
+        fedavg = dict(bound.arguments)
+        fedavg.pop("self")
+        for key in ("train_metrics_aggr_fn", "evaluate_metrics_aggr_fn"):
+            if fedavg.get(key) is None:
+                fedavg[key] = mean_metrics
+        super().__init__(**fedavg)
         self.rule: Aggregator = _rules.build_rule(aggregator, pre, check_int(f, "f", minimum=0))
         self.server_lr = check_float(server_lr, "server_lr", minimum=0.0, strict_min=True)
         self.server_momentum = check_float(server_momentum, "server_momentum", minimum=0.0, maximum=1.0,
@@ -139,6 +148,8 @@ class RobustStrategy(FedAvg):
         self._row_views: List[List[np.ndarray]] = []  # its rows cut into the float arrays' places
         self._global_views: List[np.ndarray] = []
         self._store: Dict[int, torch.Tensor] = {}  # AFA-CS: latest update of each node
+        #: node id -> partition id, as the grid (``InlineGrid``) or the nodes' replies state them
+        self.partitions: Dict[int, int] = {}
 
     # ----------------------------------------------------------------- Flower API
     def summary(self) -> None:
@@ -147,6 +158,50 @@ class RobustStrategy(FedAvg):
                     ", per layer" if self.per_layer else "")
         super().summary()
 
+    def start(self, grid: Any, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: Optional[ConfigRecord] = None, evaluate_config: Optional[ConfigRecord] = None,
+              evaluate_fn: Any = None) -> Result:
+        """FedAvg's ``start``, after checking that the sampling can ever feed the rule.
+
+        Raises ``ValueError`` when every round would be skipped (see :meth:`check_sampling`).
+        ``Result.arrays`` is never empty: when rounds were skipped it is the last model the
+        strategy has (the initial arrays when every round was skipped).
+        """
+        self.check_sampling(grid)
+        result = super().start(grid, initial_arrays, num_rounds, timeout, train_config, evaluate_config,
+                               evaluate_fn)
+        if len(result.arrays) == 0:
+            result.arrays = self._global_record if self._global_record is not None else initial_arrays
+        skipped = [e["round"] for e in self.history[-num_rounds:] if e["skipped"]] if num_rounds > 0 else []
+        if skipped:
+            logger.warning("%d of %d round(s) skipped (%s): Result.arrays is the last model aggregated",
+                           len(skipped), num_rounds, skipped)
+        return result
+
+    def check_sampling(self, grid: Any) -> None:
+        """Refuse a sampling that can never give the rule enough updates.
+
+        Waits, as FedAvg's sampling does, until ``min_available_nodes`` nodes are connected,
+        then computes the nodes FedAvg samples per round, ``max(int(fraction_train * N),
+        min_train_nodes)``, and raises ``ValueError`` when that is below
+        ``rule.min_inputs()`` (in ``afa-cs`` mode: when the ``N`` nodes are). Nodes that
+        connect later are not counted: in a deployment, set ``min_available_nodes`` to the
+        federation's size.
+        """
+        if self.fraction_train == 0.0:
+            return
+        available = wait_for_nodes(grid, self.min_available_nodes)
+        if available is None:
+            return
+        needed = self.rule.min_inputs()
+        sample = available if self.mode == "afa-cs" else max(int(available * self.fraction_train),
+                                                             self.min_train_nodes)
+        if sample < needed:
+            raise ValueError(
+                f"fraction_train={self.fraction_train:g} with min_train_nodes={self.min_train_nodes} samples "
+                f"{min(sample, available)} of the {available} available nodes per round, but {self.rule!r} "
+                f"needs at least {needed} updates: every round would be skipped (sample >= {needed} nodes)")
+
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Any) -> Iterable[Message]:
         """Remember the global arrays sent this round, then sample nodes as FedAvg does."""
@@ -154,6 +209,7 @@ class RobustStrategy(FedAvg):
         try:
             for node in grid.get_node_ids():
                 self._known_nodes.setdefault(int(node), None)
+            self.partitions.update(getattr(grid, "partition_ids", {}) or {})
         except Exception as exc:  # noqa: BLE001 - a grid without node ids still trains
             logger.debug("could not list the grid's nodes: %s", exc)
         return super().configure_train(server_round, arrays, config, grid)
@@ -182,9 +238,12 @@ class RobustStrategy(FedAvg):
                                "configure_train (Strategy.start does) or set_global first")
         start = time.perf_counter()
         replies = list(replies)
+        errors = [m for m in replies if m.has_error()]
+        log_received("aggregate_train", len(replies) - len(errors), errors)
         entry: Dict[str, Any] = {"round": int(server_round), "skipped": False, "reason": ""}
-        X, nodes, contents, rejected, absent = self._collect(replies)
-        entry.update(accepted=list(nodes), rejected=rejected, absent=absent)
+        X, nodes, contents, rejected, absent, replayed = self._collect(replies)
+        check_weight_key([m for _, records in contents for m in records], self.weighted_by_key, "training")
+        entry.update(accepted=list(nodes), rejected=rejected, absent=absent, replayed=replayed)
         if self.mode == "afa-cs":
             X, nodes = self._cross_silo(X, nodes)
         arrays = None
@@ -208,16 +267,24 @@ class RobustStrategy(FedAvg):
                 else:
                     entry.update(skipped=True, reason="the rule returned non-finite values")
         entry["seconds"] = time.perf_counter() - start
-        self.history.append(entry)
-        self._log(entry)
         metrics = self._train_metrics(contents, entry)
+        self.history.append(_rules.name_nodes(entry, self.partitions))
+        log_round(self.history[-1], self.rule.name)
         return arrays, metrics
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> Optional[MetricRecord]:
-        """Unweighted mean of the evaluation metrics of the replies without error (never raises)."""
+        """Unweighted mean of the evaluation metrics of the replies without error.
+
+        Raises Flower's ``InconsistentMessageReplies`` only when no reply has
+        ``weighted_by_key`` (a misconfiguration); a malformed metric is logged and skipped.
+        """
+        replies = list(replies)
+        errors = [m for m in replies if m.has_error()]
+        log_received("aggregate_evaluate", len(replies) - len(errors), errors)
         contents = [m.content for m in replies if not m.has_error() and m.has_content()]
         if not contents:
             return None
+        check_weight_key([m for c in contents for m in split_records(c)[1]], self.weighted_by_key, "evaluation")
         try:
             return self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key)
         except Exception as exc:  # noqa: BLE001 - a malformed metric must not stop the server
@@ -226,7 +293,11 @@ class RobustStrategy(FedAvg):
 
     # ----------------------------------------------------------------- internals
     def _collect(self, replies: List[Message]):
-        """Decode the replies into an ``(n, d)`` update matrix, rejecting malformed ones."""
+        """Decode the replies into an ``(n, d)`` update matrix, rejecting malformed ones.
+
+        Each node counts once per round: accepted with its first valid reply (later replies
+        are ignored and listed as ``replayed``), else rejected (first reason), else absent.
+        """
         layout = self._layout
         X = self._rows(len(replies))
         nodes: List[int] = []
@@ -234,10 +305,14 @@ class RobustStrategy(FedAvg):
         steps: List[float] = []
         rejected: Dict[int, str] = {}
         absent: List[int] = []
+        replayed: List[int] = []
         seen = set()
         for msg in replies:
             node = int(msg.metadata.src_node_id)
             self._known_nodes.setdefault(node, None)
+            if node in seen:
+                replayed.append(node)
+                continue
             if msg.has_error() or not msg.has_content():
                 absent.append(node)
                 continue
@@ -248,8 +323,6 @@ class RobustStrategy(FedAvg):
                 if not records and metric_scalar(metrics, SKIPPED_KEY):
                     absent.append(node)
                     continue
-                if node in seen:
-                    raise MalformedReply("a second reply from this node in one round (replayed?)")
                 if len(records) != 1:
                     raise MalformedReply(f"expected one ArrayRecord, got {len(records)}")
                 k = 1.0
@@ -261,24 +334,24 @@ class RobustStrategy(FedAvg):
                     elif k is None or k < 1:
                         raise MalformedReply(f"invalid {LOCAL_STEPS_KEY!r}: {raw!r}")
                 layout.decode_views(records[0], self._row_views[len(nodes)], self._global_views)
+                if not ops.all_finite(torch.from_numpy(X[len(nodes)])):  # one pass over the row
+                    raise MalformedReply("non-finite values (NaN/Inf)")
             except MalformedReply as exc:
-                rejected[node] = str(exc)
+                rejected.setdefault(node, str(exc))
                 continue
             seen.add(node)
             nodes.append(node)
             contents.append((content, metric_records))
             steps.append(k)
+            partition = node_partition(content)
+            if partition is not None:
+                self.partitions.setdefault(node, partition)
         X = X[: len(nodes)]
-        bad = ops.nonfinite_rows(torch.from_numpy(X)).numpy()  # X is a view of the reused buffer
-        if bad.size:
-            for i in bad:
-                rejected[nodes[i]] = "non-finite values (NaN/Inf)"
-            keep = np.setdiff1d(np.arange(len(nodes)), bad)
-            X, nodes = X[keep], [nodes[i] for i in keep]
-            contents, steps = [contents[i] for i in keep], [steps[i] for i in keep]
+        rejected = {n: r for n, r in rejected.items() if n not in seen}
+        absent = [n for n in dict.fromkeys(absent) if n not in seen and n not in rejected]
         if self.mode != "sync" and any(k != 1.0 for k in steps):
             X /= np.asarray(steps, dtype=X.dtype)[:, None]
-        return torch.from_numpy(X), nodes, contents, rejected, absent
+        return torch.from_numpy(X), nodes, contents, rejected, absent, replayed
 
     def _rows(self, n: int) -> np.ndarray:
         """The update buffer with at least ``n`` rows, allocated once and reused across rounds
@@ -335,29 +408,13 @@ class RobustStrategy(FedAvg):
         self._global_views = self._layout.views(new)
         return record
 
-    def _log(self, e: Dict[str, Any]) -> None:
-        for node, reason in e["rejected"].items():
-            logger.warning("round %d: rejected the reply of node %d: %s", e["round"], node, reason)
-        if e["absent"]:
-            logger.info("round %d: no update from node(s) %s", e["round"], e["absent"])
-        if e["skipped"]:
-            logger.warning("round %d skipped, model unchanged: %s", e["round"], e["reason"])
-            return
-        if "trusted" in e:
-            logger.info("round %d: %s trusted node(s) %s", e["round"], self.rule.name, e["trusted"])
-        if "weights" in e:
-            logger.info("round %d: %s weights %s", e["round"], self.rule.name,
-                        {k: round(v, 4) for k, v in e["weights"].items()})
-        if "per_layer" in e:
-            logger.info("round %d: %s per layer %s", e["round"], self.rule.name, e["per_layer"])
-
     def _train_metrics(self, contents: List[Any], entry: Dict[str, Any]) -> MetricRecord:
         """``contents``: ``(RecordDict, its MetricRecords)`` of the accepted replies."""
         metrics = MetricRecord()
         if contents:
             try:
                 if self.train_metrics_aggr_fn is mean_metrics:  # the records are split already
-                    metrics = _mean_of((m for _, records in contents for m in records), self.weighted_by_key)
+                    metrics = mean_of((m for _, records in contents for m in records), self.weighted_by_key)
                 else:
                     metrics = self.train_metrics_aggr_fn([c for c, _ in contents], self.weighted_by_key) \
                         or MetricRecord()
@@ -368,28 +425,3 @@ class RobustStrategy(FedAvg):
         metrics["num-absent"] = len(entry["absent"])
         metrics["skipped"] = int(entry["skipped"])
         return metrics
-
-
-
-
-def mean_metrics(records: List[Any], weighted_by_key: str = "num-examples") -> MetricRecord:
-    """Unweighted mean of every finite scalar metric over the replies that report it.
-
-    Replacement for Flower's ``aggregate_metricrecords``, which weights by the clients'
-    ``num-examples`` (a Byzantine client can report any count) and raises on replies whose
-    metric keys differ. ``weighted_by_key`` is accepted for signature compatibility and
-    summed instead of averaged.
-    """
-    return _mean_of((m for record in records for m in split_records(record)[1]), weighted_by_key)
-
-
-def _mean_of(metric_records: Iterable[Any], weighted_by_key: str) -> MetricRecord:
-    sums: Dict[str, float] = {}
-    counts: Dict[str, int] = {}
-    for metrics in metric_records:
-        for key, value in metrics.items():
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                continue
-            sums[key] = sums.get(key, 0.0) + value
-            counts[key] = counts.get(key, 0) + 1
-    return MetricRecord({k: (sums[k] if k == weighted_by_key else sums[k] / counts[k]) for k in sums})
