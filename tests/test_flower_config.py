@@ -130,9 +130,11 @@ def test_cli_runs_a_config_inline(tmp_path, capsys):
     path.write_text(EXAMPLE.read_text())
     code = cli.main(["flower", str(path), "--backend", "inline", "--out", str(tmp_path / "out"),
                      "--set", "run.steps=1", "--set", "flower.compare=[{strategy = 'election'}]"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert code == 0, out
     assert "robust(trimmed-mean)" in out and "certified accuracy at radius 0:" in out
+    assert "[RobustStrategy(trimmed-mean)] round 1/1 accuracy" in captured.err  # progress, one line a round
     written = tmp_path / "out" / "flower-digits"
     assert (written / "metrics.csv").exists() and (written / "compare-1-election" / "metrics.csv").exists()
     assert fconfig.read(written / "config.toml")[1]["backend"] == "inline"

@@ -208,3 +208,43 @@ def test_an_array_with_trailing_bytes_is_rejected():
     strategy = RobustStrategy("median", f=1)
     run_round(strategy, glob, replies + [bad])
     assert "8 byte(s) after its data" in strategy.history[-1]["rejected"][120]
+
+
+# ------------------------------------------------------------------ logs and progress (issue 13 item 5)
+@pytest.mark.parametrize("verbose", [False, True])
+def test_verbose_false_keeps_flowers_info_log_quiet(caplog, verbose):
+    # records, not the terminal: Flower's console handler keeps the stream it found at import
+    run_app(APP, "median", f=1, verbose=verbose, run_config={"num-server-rounds": 2})
+    info = [r.getMessage() for r in caplog.records if r.name.startswith("flwr") and r.levelno == logging.INFO]
+    if verbose:
+        assert len(info) > 50  # Flower's strategy log: rounds, samples, metrics
+    else:
+        assert info == [], info[:5]
+
+
+def test_cli_runs_an_app_dir_and_the_config_path_shows_progress(capsys):
+    from robustagg.cli import main
+
+    assert main(["flower", "--app", str(APP), "--rule", "krum", "--f", "1", "--num-supernodes", "5",
+                 "--run-config", "num-server-rounds=2"]) == 0
+    out = capsys.readouterr().out
+    assert "RobustStrategy(krum, f=1) round 2: accuracy" in out
+    assert "round 2: accepted partitions [" in out and "trusted [" in out
+    assert main(["flower", "--app", str(APP), "--run-config", "nope=1"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(300)
+def test_the_app_dir_runs_on_ray_with_its_run_config():
+    pytest.importorskip("ray")
+    from federated.app import shutdown_ray
+
+    try:  # the app reads context.run_config["batch-size"], ... (run_simulation alone gives {})
+        result = run_app(APP, "trimmed-mean", f=1, backend="ray", num_supernodes=3, num_cpus=1,
+                         run_config={"num-server-rounds": 2, "min-nodes": 3})
+    finally:
+        shutdown_ray()
+    assert sorted(result.evaluate_metrics_serverapp) == [0, 1, 2]
+    assert result.evaluate_metrics_serverapp[2]["accuracy"] >= 0.9
+    assert [len(e["accepted"]) for e in result.strategy.history] == [3, 3]
+    assert len(result.evaluate_metrics_clientapp[2]["class_acc"]) == 3
