@@ -145,3 +145,23 @@ def wait_for_nodes(grid: Any, minimum: int) -> Optional[int]:
         logger.debug("could not list the grid's nodes: %s", exc)
         return None
     return len(nodes)
+
+
+def train_metrics(aggr_fn: Any, weighted_by_key: str, contents: List[Any], entry: Dict[str, Any]) -> MetricRecord:
+    """The train ``MetricRecord`` of a round: the clients' metrics aggregated by ``aggr_fn`` (over
+    ``contents``, ``(RecordDict, its MetricRecords)`` of the accepted replies) plus the round's
+    ``num-accepted``, ``num-rejected``, ``num-absent`` and ``skipped``."""
+    metrics = MetricRecord()
+    if contents:
+        try:
+            if aggr_fn is mean_metrics:  # the records are split already
+                metrics = mean_of((m for _, records in contents for m in records), weighted_by_key)
+            else:
+                metrics = aggr_fn([c for c, _ in contents], weighted_by_key) or MetricRecord()
+        except Exception as exc:  # noqa: BLE001 - metrics are reporting only
+            logger.warning("round %d: train metrics not aggregated (%s)", entry["round"], exc)
+    metrics["num-accepted"] = len(entry["accepted"])
+    metrics["num-rejected"] = len(entry["rejected"])
+    metrics["num-absent"] = len(entry["absent"])
+    metrics["skipped"] = int(entry["skipped"])
+    return metrics

@@ -152,8 +152,16 @@ class WithRunConfig(ClientApp):
         self.inner, self.run_config = inner, dict(run_config)
 
     def __call__(self, message: Any, context: Context) -> Any:
-        context.run_config = {**self.run_config, **dict(context.run_config or {})}
-        return self.inner(message, context)
+        inner = _with_run_config(context, self.run_config)  # the engine refuses a changed run_config
+        reply = self.inner(message, inner)
+        context.state = inner.state
+        return reply
+
+
+def _with_run_config(context: Context, run_config: Dict[str, Any]) -> Context:
+    """``context`` (same node config and state object) with ``run_config`` under its own entries."""
+    return Context(run_id=context.run_id, node_id=context.node_id, node_config=context.node_config,
+                   state=context.state, run_config={**run_config, **dict(context.run_config or {})})
 
 
 def run_app(app_dir: Any, aggregator: Any = None, *, num_supernodes: int = 5, backend: str = "inline",
@@ -227,8 +235,7 @@ def _ray(server: Any, client: ClientApp, config: Dict[str, Any], n: int, num_cpu
 
     @wrapped.main()
     def main(grid: Any, context: Context) -> None:
-        context.run_config = {**config, **dict(context.run_config or {})}
-        server(grid, context)
+        server(grid, _with_run_config(context, config))
 
     backend = {"client_resources": {"num_cpus": 1.0, "num_gpus": 0.0},
                "init_args": {"num_cpus": int(num_cpus), "num_gpus": 0, "include_dashboard": False}}

@@ -21,7 +21,7 @@ from robustagg._validation import check_choice, check_float, check_int
 from robustagg.aggregators import Aggregator, ops
 
 from federated import _rules
-from federated._metrics import (check_weight_key, log_received, log_round, mean_metrics, mean_of, node_partition,
+from federated._metrics import (check_weight_key, log_received, log_round, mean_metrics, node_partition, train_metrics,
                                 wait_for_nodes)
 from federated._updates import Layout, MalformedReply, metric_scalar, split_records
 
@@ -54,11 +54,12 @@ class RobustStrategy(FedAvg):
     **Failures.** Replies carrying an error, or a ``skipped`` metric and no arrays (a client
     that chose not to take part), are *absent*. A reply is *rejected*, with a warning and
     without stopping the server, when its arrays do not match the global arrays (missing or
-    extra keys, another shape, dtype or encoding), it holds NaN/Inf, it carries no or several
-    ArrayRecords, or a node replied twice in one round (the first reply counts). When fewer
-    updates remain than the rule needs (``rule.min_inputs()``, e.g. Bulyan's :math:`4f + 3`),
-    or the rule raises or returns NaN/Inf, the round is **skipped** with a warning and the
-    model is unchanged.
+    extra keys, another shape, dtype or encoding, bytes after the data), it holds NaN/Inf, or
+    it carries no or several ArrayRecords. A node counts once per round: its first valid
+    reply; later ones are ignored (``replayed``). When fewer updates remain than the rule
+    needs (``rule.min_inputs()``, e.g. Bulyan's :math:`4f + 3`), or the rule raises or
+    returns NaN/Inf, the round is **skipped** with a warning and the model is unchanged;
+    ``start`` refuses a sampling that can never give the rule enough updates.
 
     **Anarchic modes** (Yang et al., 2022; ``docs/algorithms.md``). Clients report their
     number of local steps :math:`K_i` as the ``local-steps`` metric (1 when absent; values
@@ -90,21 +91,23 @@ class RobustStrategy(FedAvg):
     per_layer : bool
         Aggregate each floating-point array separately, with its own copy of the rule.
     mode : {"sync", "afa-cd", "afa-cs"}
-    **fedavg_kwargs
-        Passed to :class:`flwr.serverapp.strategy.FedAvg` (``fraction_train``,
-        ``min_train_nodes``, ``min_available_nodes``, ``fraction_evaluate``, ...).
-        ``train_metrics_aggr_fn`` / ``evaluate_metrics_aggr_fn`` default here to an
-        unweighted mean of the clients' scalar metrics.
+    *fedavg_args, **fedavg_kwargs
+        :class:`flwr.serverapp.strategy.FedAvg`'s arguments, positionally after the rule or
+        by keyword (``fraction_train``, ``fraction_evaluate``, ``min_train_nodes``, ...).
+        ``train_metrics_aggr_fn`` / ``evaluate_metrics_aggr_fn`` default here to
+        :func:`federated.mean_metrics` (FedAvg's shape, unweighted).
 
     Attributes
     ----------
     rule : robustagg.Aggregator
         The rule (pipeline) applied to the updates.
     history : list of dict
-        One entry per aggregated round: ``round``, ``accepted`` / ``absent`` node ids,
-        ``rejected`` ({node id: reason}), ``skipped`` (bool) and ``reason``, ``trusted`` /
+        One entry per aggregated round: ``round``, ``accepted`` / ``absent`` / ``replayed``
+        nodes, ``rejected`` ({node: reason}), ``skipped`` (bool) and ``reason``, ``trusted`` /
         ``weights`` when the rule exposes them, ``seconds`` spent in ``aggregate_train`` and
-        ``rule_seconds`` of it in the rule itself.
+        ``rule_seconds`` of it in the rule itself. Nodes are partition ids when
+        :attr:`partitions` knows them all (``ids == "partition"``, ``node_ids`` maps them
+        back), else Flower node ids (``ids == "node"``).
 
     References
     ----------
@@ -267,7 +270,7 @@ class RobustStrategy(FedAvg):
                 else:
                     entry.update(skipped=True, reason="the rule returned non-finite values")
         entry["seconds"] = time.perf_counter() - start
-        metrics = self._train_metrics(contents, entry)
+        metrics = train_metrics(self.train_metrics_aggr_fn, self.weighted_by_key, contents, entry)
         self.history.append(_rules.name_nodes(entry, self.partitions))
         log_round(self.history[-1], self.rule.name)
         return arrays, metrics
@@ -407,21 +410,3 @@ class RobustStrategy(FedAvg):
         self._global, self._global_record = new, record
         self._global_views = self._layout.views(new)
         return record
-
-    def _train_metrics(self, contents: List[Any], entry: Dict[str, Any]) -> MetricRecord:
-        """``contents``: ``(RecordDict, its MetricRecords)`` of the accepted replies."""
-        metrics = MetricRecord()
-        if contents:
-            try:
-                if self.train_metrics_aggr_fn is mean_metrics:  # the records are split already
-                    metrics = mean_of((m for _, records in contents for m in records), self.weighted_by_key)
-                else:
-                    metrics = self.train_metrics_aggr_fn([c for c, _ in contents], self.weighted_by_key) \
-                        or MetricRecord()
-            except Exception as exc:  # noqa: BLE001 - metrics are reporting only
-                logger.warning("round %d: train metrics not aggregated (%s)", entry["round"], exc)
-        metrics["num-accepted"] = len(entry["accepted"])
-        metrics["num-rejected"] = len(entry["rejected"])
-        metrics["num-absent"] = len(entry["absent"])
-        metrics["skipped"] = int(entry["skipped"])
-        return metrics
