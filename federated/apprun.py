@@ -208,8 +208,6 @@ def run_app(app_dir: Any, aggregator: Any = None, *, num_supernodes: int = 5, ba
     with app_modules(app_dir), swap.installed(), quiet_flower(not verbose):
         server, client = _load(server_ref), _load(client_ref)
         if backend == "inline":
-            from federated.inline import InlineGrid  # noqa: F401 - run_inline builds it
-
             run_inline(server, client, num_supernodes, run_config=config, node_config=node_config)
         else:
             try:

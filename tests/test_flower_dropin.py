@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.exception import InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvg
@@ -49,7 +49,8 @@ def test_quickstart_app_runs_unchanged_with_the_same_result_shape_as_fedavg():
     assert type(fedavg.strategy).__mro__[1] is FedAvg and isinstance(robust.strategy, RobustStrategy)
     assert list(robust.arrays.keys()) == list(fedavg.arrays.keys())
     for key in fedavg.arrays.keys():
-        assert robust.arrays[key].shape == fedavg.arrays[key].shape and robust.arrays[key].dtype == fedavg.arrays[key].dtype
+        ours, theirs = robust.arrays[key], fedavg.arrays[key]
+        assert (ours.shape, ours.dtype) == (theirs.shape, theirs.dtype), key
     for name in ("train_metrics_clientapp", "evaluate_metrics_clientapp", "evaluate_metrics_serverapp"):
         ours, theirs = getattr(robust, name), getattr(fedavg, name)
         assert sorted(ours) == sorted(theirs), name
