@@ -1,10 +1,10 @@
 """A real local Flower deployment (issue 13 item 4): SuperLink + SuperNodes as processes.
 
 The slow tests run ``experiments/flower_app/deploy_local.sh`` with 3 SuperNodes and 2 rounds
-on ``tests/flower_quickstart_app`` (116 s and 83 s measured on the shared 2-core machine at load
-average 12: each message starts
-a ClientApp process, which imports torch), once to completion and once with a ServerApp
-that fails, which must give a non-zero exit status (``flwr run`` itself exits 0).
+on ``tests/flower_quickstart_app`` (116 s and 83 s measured on the shared 2-core machine at
+load average 12: each message starts a ClientApp process, which imports torch), once to
+completion and once with a ServerApp that fails, which must give a non-zero exit status
+(``flwr run`` itself exits 0).
 """
 
 from __future__ import annotations
