@@ -22,6 +22,7 @@ class Mean(Aggregator):
     """
 
     bound = "n > f"
+    decomposition = "coordinate-wise"
     nonfinite_shows_in_output = True  # NaN/Inf in any row makes that coordinate's mean NaN/Inf
 
     def _aggregate(self, X, f, G):

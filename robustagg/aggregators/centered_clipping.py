@@ -6,9 +6,9 @@ from typing import Optional
 
 import torch
 
-from robustagg._validation import check_float, check_int
+from robustagg._validation import Integer, Real
 from robustagg.aggregators import ops
-from robustagg.aggregators.base import Aggregator
+from robustagg.aggregators.base import Aggregator, _check_keys
 from robustagg.aggregators.registry import register
 
 
@@ -31,16 +31,29 @@ class CenteredClipping(Aggregator):
     """
 
     bound = "n > 2f"
+    decomposition = "iterative"  # per iteration: distances to the centre -> scales -> scaled rows
+    _parameter_constraints = {**Aggregator._parameter_constraints, "tau": Real(minimum=0.0, strict_min=True),
+                              "iters": Integer(minimum=1)}
 
     def __init__(self, f: int = 0, tau: float = 10.0, iters: int = 1) -> None:
         super().__init__(f)
-        self.tau = check_float(tau, "tau", minimum=0.0, strict_min=True)
-        self.iters = check_int(iters, "iters", minimum=1)
+        self.tau = self._check("tau", tau)
+        self.iters = self._check("iters", iters)
         self.center: Optional[torch.Tensor] = None
-
 
     def reset(self) -> None:
         self.center = None
+
+    def state_dict(self) -> dict:
+        """``{"center": the previous output (None before the first call)}``."""
+        return {"center": None if self.center is None else self.center.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_keys(self, state, ("center",))
+        center = state["center"]
+        if center is not None and not isinstance(center, torch.Tensor):
+            raise TypeError(f"centered-clipping: the state's center must be a tensor or None, got {type(center).__name__}")
+        self.center = None if center is None else center.detach().clone()
 
     def _aggregate(self, X, f, G):
         n, d = X.shape

@@ -22,6 +22,7 @@ class Median(Aggregator):
     """
 
     bound = "n > 2f"
+    decomposition = "coordinate-wise"
 
     def _aggregate(self, X, f, G):
         return ops.coordinate_median(X)
@@ -43,6 +44,7 @@ class TrimmedMean(Aggregator):
     """
 
     bound = "n > 2f"
+    decomposition = "coordinate-wise"
 
     def _aggregate(self, X, f, G):
         return ops.coordinate_trimmed_mean(X, f)
@@ -64,6 +66,7 @@ class MeaMed(Aggregator):
     """
 
     bound = "n > 2f"
+    decomposition = "coordinate-wise"
 
     def _aggregate(self, X, f, G):
         return ops.coordinate_mean_around_median(X, X.shape[0] - f)

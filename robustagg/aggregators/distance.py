@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from robustagg._validation import check_int
+from robustagg._validation import Integer
 from robustagg.aggregators import ops
 from robustagg.aggregators.base import Aggregator
 from robustagg.aggregators.registry import register
@@ -32,17 +32,18 @@ class Krum(Aggregator):
 
     bound = "n > 2f + 2"
     uses_gram = True
+    decomposition = "gram-selection"
 
-    def __init__(self, f: int = 0) -> None:
-        super().__init__(f)
-        self.last: dict = {}
-
-
-    def _aggregate(self, X, f, G):
-        D, _ = ops.sq_distances(X, G)
-        scores = ops.krum_scores(D, X.shape[0] - f - 2)
+    def _decide(self, statistic, f):
+        D, _ = statistic
+        scores = ops.krum_scores(D, D.shape[0] - f - 2)
         best = int(torch.argmin(scores))
+        # identical inputs have equal scores up to rounding: the lowest of them wins
+        best = int(torch.nonzero((D[best] == 0) | (scores == scores[best]))[0])
         self.last = {"selected": self._original([best]), "scores": scores}
+        return best
+
+    def _apply(self, X, best):
         return X[best].clone()
 
 
@@ -63,21 +64,24 @@ class MultiKrum(Krum):
     """
 
     name = "multi-krum"
+    _parameter_constraints = {**Krum._parameter_constraints, "m": Integer(minimum=1, optional=True)}
 
     def __init__(self, f: int = 0, m: Optional[int] = None) -> None:
         super().__init__(f)
-        self.m = None if m is None else check_int(m, "m", minimum=1)
+        self.m = self._check("m", m)
 
-
-    def _aggregate(self, X, f, G):
-        n = X.shape[0]
+    def _decide(self, statistic, f):
+        D, _ = statistic
+        n = D.shape[0]
         m = n - f if self.m is None else min(self.m, n)
-        D, _ = ops.sq_distances(X, G)
         scores = ops.krum_scores(D, n - f - 2)
         chosen = torch.sort(scores, stable=True).indices[:m]
-        weights = torch.zeros(n, dtype=torch.float64, device=X.device)
+        weights = torch.zeros(n, dtype=torch.float64, device=D.device)
         weights[chosen] = 1.0 / m
         self.last = {"selected": self._original(chosen.tolist()), "scores": scores}
+        return weights
+
+    def _apply(self, X, weights):
         return ops.combine_rows(weights, X)
 
 
@@ -106,17 +110,13 @@ class Bulyan(Aggregator):
 
     bound = "n >= 4f + 3"
     uses_gram = True
+    decomposition = "gram-selection"
 
-    def __init__(self, f: int = 0) -> None:
-        super().__init__(f)
-        self.last: dict = {}
-
-
-    def _aggregate(self, X, f, G):
-        n = X.shape[0]
+    def _decide(self, statistic, f):
+        D, _ = statistic
+        n = D.shape[0]
         theta, beta = n - 2 * f, n - 4 * f
-        D, _ = ops.sq_distances(X, G)
-        remaining = torch.arange(n, device=X.device)
+        remaining = torch.arange(n, device=D.device)
         selected = []
         for _ in range(theta):
             sub = D.index_select(0, remaining).index_select(1, remaining)
@@ -125,5 +125,8 @@ class Bulyan(Aggregator):
             selected.append(int(remaining[pick]))
             remaining = torch.cat([remaining[:pick], remaining[pick + 1 :]])
         self.last = {"selected": self._original(selected)}
-        rows = torch.tensor(sorted(selected), dtype=torch.long)
+        return torch.tensor(sorted(selected), dtype=torch.long), beta
+
+    def _apply(self, X, decision):
+        rows, beta = decision
         return ops.coordinate_mean_around_median(X, beta, rows=rows)
