@@ -22,13 +22,16 @@ class CenteredClipping(Aggregator):
     applied ``iters`` times, starting from the previous call's output (zero on the first
     call). The centre is kept on the object as ``center``; :meth:`reset` forgets it.
     Distances to the centre are computed from explicit differences (column chunks), so
-    they stay accurate for vectors of large norm. Needs ``n > 2f``.
+    they stay accurate for vectors of large norm.
 
     References
     ----------
     Karimireddy, He, Jaggi, "Learning from History for Byzantine Robust Optimization",
     ICML 2021.
     """
+
+    #: one line for the rule table of docs/index.md
+    summary = 'v ← v + (1/n) Σ clip(x_i − v, τ), from the previous output'
 
     bound = "n > 2f"
     decomposition = "iterative"  # per iteration: distances to the centre -> scales -> scaled rows

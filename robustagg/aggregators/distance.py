@@ -20,8 +20,9 @@ class Krum(Aggregator):
               \quad i^* = \operatorname*{arg\,min}_i s_i
 
     where :math:`N_i` holds the ``n - f - 2`` inputs :math:`j \ne i` closest to :math:`x_i`.
-    The lowest index wins ties (with ``n - f - 2 = 1`` the two closest inputs always tie).
-    Needs ``n > 2f + 2``. After a call, ``last["selected"]`` holds the chosen input's index
+    The lowest index wins ties (with ``n - f - 2 = 1`` the two closest inputs always tie),
+    also among identical inputs whose scores differ by rounding.
+    After a call, ``last["selected"]`` holds the chosen input's index
     (in the caller's numbering) and ``last["scores"]`` the scores of the finite inputs.
 
     References
@@ -29,6 +30,10 @@ class Krum(Aggregator):
     Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with Adversaries:
     Byzantine Tolerant Gradient Descent", NeurIPS 2017.
     """
+
+    #: one line for the rule table of docs/index.md
+    summary = ("the x_i minimising the sum of squared distances to its n − f − 2 nearest others "
+               "(lowest index on ties)")
 
     bound = "n > 2f + 2"
     uses_gram = True
@@ -55,13 +60,16 @@ class MultiKrum(Krum):
               \quad M = \text{the } m \text{ indices of smallest } s_i
 
     ``s_i`` as in :class:`Krum`; ties go to the lower index; ``m`` defaults to ``n - f``
-    and is capped at the number of finite inputs. Needs ``n > 2f + 2``.
+    and is capped at the number of finite inputs.
 
     References
     ----------
     Blanchard, El Mhamdi, Guerraoui, Stainer, "Machine Learning with Adversaries:
     Byzantine Tolerant Gradient Descent", NeurIPS 2017.
     """
+
+    #: one line for the rule table of docs/index.md
+    summary = 'mean of the m (default n − f) lowest Krum scores'
 
     name = "multi-krum"
     _parameter_constraints = {**Krum._parameter_constraints, "m": Integer(minimum=1, optional=True)}
@@ -100,13 +108,17 @@ class Bulyan(Aggregator):
 
     .. math:: [\mathrm{Bulyan}(x)]_k = \frac{1}{\beta} \sum_{i \in B_k} x_{i,k}
 
-    Needs ``n >= 4f + 3``. ``last["selected"]`` lists the :math:`\theta` inputs of step 1.
+    ``last["selected"]`` lists the :math:`\theta` inputs of step 1.
 
     References
     ----------
     El Mhamdi, Guerraoui, Rouault, "The Hidden Vulnerability of Distributed Learning
     in Byzantium", ICML 2018.
     """
+
+    #: one line for the rule table of docs/index.md
+    summary = ("θ = n − 2f iterated Krum picks, then per coordinate the mean of the θ − 2f values "
+               "closest to the median")
 
     bound = "n >= 4f + 3"
     uses_gram = True

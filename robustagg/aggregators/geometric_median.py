@@ -33,7 +33,7 @@ class GeometricMedian(Aggregator):
     the objective, which far outliers dominate: ask for a smaller ``tol`` to pin the point
     down at the honest inputs' scale then. ``nu`` is relative to the median pairwise
     distance. ``solver="cvxpy"`` solves the same problem with cvxpy (a reference for small
-    inputs; needs the ``dev`` extra). Needs ``n > 2f``.
+    inputs; needs the ``dev`` extra).
     ``last`` holds the weights ``alpha``, the iteration count, the objective and its
     certified lower bound. A gradient flows through the final combination only (the
     weights count as constants).
@@ -45,6 +45,9 @@ class GeometricMedian(Aggregator):
     Pillutla, Kakade, Harchaoui, "Robust Aggregation for Federated Learning",
     IEEE Trans. Signal Processing 2022.
     """
+
+    #: one line for the rule table of docs/index.md
+    summary = 'argmin_z Σ‖z − x_i‖ (smoothed Weiszfeld in Gram space; `solver="cvxpy"`)'
 
     bound = "n > 2f"
     uses_gram = True

@@ -28,6 +28,8 @@ class Pipeline(Aggregator):
     Pipeline(NNM(f=2), TrimmedMean(f=2))
     """
 
+    _document_bound = False  # each stage has its own
+
     def __init__(self, *stages: Aggregator) -> None:
         if not stages:
             raise ValueError("a pipeline needs at least one stage")

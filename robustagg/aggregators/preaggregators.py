@@ -20,13 +20,16 @@ class NNM(PreAggregator):
 
     where :math:`N_i` holds :math:`x_i` itself and its ``n - f - 1`` nearest other inputs
     (Euclidean; lower index on ties). One Gram matrix plus one ``(n x n) @ (n x d)``
-    product. Needs ``n > 2f``.
+    product.
 
     References
     ----------
     Allouah, Farhadkhani, Guerraoui, Gupta, Pinot, Stephan, "Fixing by Mixing: A Recipe
     for Optimal Byzantine ML under Heterogeneity", AISTATS 2023.
     """
+
+    #: one line for the rule table of docs/index.md
+    summary = 'x_i ← mean of its n − f nearest inputs (itself included)'
 
     bound = "n > 2f"
     uses_gram = True
@@ -53,6 +56,9 @@ class Bucketing(PreAggregator):
     Karimireddy, He, Jaggi, "Byzantine-Robust Learning on Heterogeneous Datasets via
     Bucketing", ICLR 2022.
     """
+
+    #: one line for the rule table of docs/index.md
+    summary = 'shuffle, average consecutive groups of s'
 
     bound = "n > f"
     decomposition = "gram-weights"  # no statistic: the weights come from the generator alone
@@ -103,6 +109,9 @@ class Clipping(PreAggregator):
     Gradients in Distributed Learning", arXiv:2405.14432, 2024 (static clipping baseline).
     """
 
+    #: one line for the rule table of docs/index.md
+    summary = 'x_i · min(1, c/‖x_i‖)'
+
     bound = "n > f"
     decomposition = "norms-scales"
     _parameter_constraints = {**PreAggregator._parameter_constraints, "c": Real(minimum=0.0, strict_min=True)}
@@ -129,13 +138,16 @@ class ARC(PreAggregator):
               \tau = \|x\|_{(k+1)}, \quad y_i = x_i \min\left(1, \frac{\tau}{\|x_i\|}\right)
 
     where :math:`\|x\|_{(1)} \ge \|x\|_{(2)} \ge \dots` are the norms in decreasing order
-    (so the ``k`` largest are clipped). Needs ``n > 2f``.
+    (so the ``k`` largest are clipped).
 
     References
     ----------
     Allouah, Guerraoui, Gupta, Jellouli, Rizk, Stephan, "Boosting Robustness by Clipping
     Gradients in Distributed Learning", arXiv:2405.14432, 2024.
     """
+
+    #: one line for the rule table of docs/index.md
+    summary = 'clip all to the (k+1)-th largest norm, k = ⌊2(f/n)(n − f)⌋'
 
     bound = "n > 2f"
     decomposition = "norms-scales"

@@ -1,0 +1,8 @@
+"""``python -m robustagg.aggregators [FILE...]``: rewrite the generated rule table (default docs/index.md)."""
+
+import sys
+
+from robustagg.aggregators.registry import write_rule_table
+
+for target in sys.argv[1:] or ["docs/index.md"]:
+    print(f"{target}: {'rewritten' if write_rule_table(target) else 'up to date'}")
