@@ -72,6 +72,7 @@ class CenteredClipping(Aggregator):
         for _ in range(self.iters):
             dist = ops.distances_to(X, v)
             scale = torch.clamp(self.tau / dist.clamp_min(torch.finfo(X.dtype).tiny), max=1.0)
-            v = v * (1 - scale.sum() / n) + ops.combine_rows(scale / n, X)
+            # sum, then divide: with no row clipped this is exactly the mean
+            v = v * (1 - scale.sum() / n) + ops.combine_rows(scale, X) / n
         self.center = v.detach().clone()
         return v
