@@ -168,3 +168,38 @@ def test_fuzz_random_pipelines_with_random_bad_rows(case):
         warnings.simplefilter("ignore", ra.NonFiniteUpdateWarning)
         out = p(X)
     check_output(final, out, H, nan_bad=False)
+
+
+# ------------------------------------------------- statistic -> decision -> application --
+
+SPLIT = ["arc", "bulyan", "clipping", "geometric-median", "krum", "multi-krum", "nnm"]  # flag: see below
+
+
+@pytest.mark.parametrize("name", ra.available())
+def test_every_rule_declares_its_decomposition(name):
+    from robustagg.aggregators.base import DECOMPOSITIONS
+
+    assert ra.get(name).decomposition in DECOMPOSITIONS
+
+
+@pytest.mark.parametrize("name", SPLIT)
+def test_a_decision_from_the_whole_statistic_applies_shard_by_shard(name):
+    """What a robust all-reduce does: sum the shards' statistics, decide once, apply per shard.
+
+    (The Flag Aggregator also ends in coefficients @ rows, but its random init adds ``X W`` to
+    the statistic and its decision is taken inside ``_aggregate``; bucketing's decision draws
+    from its generator.)"""
+    from robustagg.aggregators import ops
+
+    X = torch.randn(11, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rule = ra.get(name, f=2)
+    shards = [X[:, :5], X[:, 5:]]
+    if rule.uses_gram:
+        G = sum(ops.gram(s) for s in shards)  # summable over coordinate shards
+        statistic = rule._statistic(X, G)
+    else:
+        statistic = ops.row_norms(X)
+        assert torch.allclose(sum(ops.row_norms(s) ** 2 for s in shards).sqrt(), statistic)
+    decision = rule._decide(statistic, rule.f)
+    out = torch.cat([rule._apply(s, decision) for s in shards], dim=-1)
+    assert torch.allclose(out, ra.get(name, f=2)(X), rtol=1e-12, atol=1e-12)
