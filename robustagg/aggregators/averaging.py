@@ -21,7 +21,11 @@ class Mean(Aggregator):
     Decentralized Data", AISTATS 2017.
     """
 
+    #: one line for the rule table of docs/index.md
+    summary = '(1/n) Σ x_i (not robust)'
+
     bound = "n > f"
+    decomposition = "coordinate-wise"
     nonfinite_shows_in_output = True  # NaN/Inf in any row makes that coordinate's mean NaN/Inf
 
     def _aggregate(self, X, f, G):

@@ -6,9 +6,9 @@ from typing import Optional
 
 import torch
 
-from robustagg._validation import check_float, check_int
+from robustagg._validation import Integer, Real
 from robustagg.aggregators import ops
-from robustagg.aggregators.base import Aggregator
+from robustagg.aggregators.base import Aggregator, _check_keys
 from robustagg.aggregators.registry import register
 
 
@@ -22,7 +22,7 @@ class CenteredClipping(Aggregator):
     applied ``iters`` times, starting from the previous call's output (zero on the first
     call). The centre is kept on the object as ``center``; :meth:`reset` forgets it.
     Distances to the centre are computed from explicit differences (column chunks), so
-    they stay accurate for vectors of large norm. Needs ``n > 2f``.
+    they stay accurate for vectors of large norm.
 
     References
     ----------
@@ -30,17 +30,35 @@ class CenteredClipping(Aggregator):
     ICML 2021.
     """
 
+    #: one line for the rule table of docs/index.md
+    summary = 'v ← v + (1/n) Σ clip(x_i − v, τ), from the previous output'
+
     bound = "n > 2f"
+    decomposition = "iterative"  # per iteration: distances to the centre -> scales -> scaled rows
+    _parameter_constraints = {**Aggregator._parameter_constraints, "tau": Real(minimum=0.0, strict_min=True),
+                              "iters": Integer(minimum=1)}
 
     def __init__(self, f: int = 0, tau: float = 10.0, iters: int = 1) -> None:
         super().__init__(f)
-        self.tau = check_float(tau, "tau", minimum=0.0, strict_min=True)
-        self.iters = check_int(iters, "iters", minimum=1)
+        self.tau = self._check("tau", tau)
+        self.iters = self._check("iters", iters)
         self.center: Optional[torch.Tensor] = None
-
 
     def reset(self) -> None:
         self.center = None
+
+    def state_dict(self) -> dict:
+        """``{"center": the previous output (None before the first call)}``."""
+        return {"center": None if self.center is None else self.center.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_keys(self, state, ("center",))
+        center = state["center"]
+        if center is not None and not isinstance(center, torch.Tensor):
+            raise TypeError(
+                f"centered-clipping: the state's center must be a tensor or None, got {type(center).__name__}"
+            )
+        self.center = None if center is None else center.detach().clone()
 
     def _aggregate(self, X, f, G):
         n, d = X.shape
@@ -56,6 +74,7 @@ class CenteredClipping(Aggregator):
         for _ in range(self.iters):
             dist = ops.distances_to(X, v)
             scale = torch.clamp(self.tau / dist.clamp_min(torch.finfo(X.dtype).tiny), max=1.0)
-            v = v * (1 - scale.sum() / n) + ops.combine_rows(scale / n, X)
+            # sum, then divide: with no row clipped this is exactly the mean
+            v = v * (1 - scale.sum() / n) + ops.combine_rows(scale, X) / n
         self.center = v.detach().clone()
         return v

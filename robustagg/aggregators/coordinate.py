@@ -13,7 +13,7 @@ class Median(Aggregator):
 
     .. math:: [\mathrm{Median}(x_1..x_n)]_k = \mathrm{median}(x_{1,k}, \dots, x_{n,k})
 
-    For even ``n`` the mean of the two middle values. Breakdown point 1/2: needs ``n > 2f``.
+    For even ``n`` the mean of the two middle values. Breakdown point 1/2.
 
     References
     ----------
@@ -21,7 +21,11 @@ class Median(Aggregator):
     Towards Optimal Statistical Rates", ICML 2018.
     """
 
+    #: one line for the rule table of docs/index.md
+    summary = 'coordinate-wise median (mean of the middle two for even n)'
+
     bound = "n > 2f"
+    decomposition = "coordinate-wise"
 
     def _aggregate(self, X, f, G):
         return ops.coordinate_median(X)
@@ -34,7 +38,7 @@ class TrimmedMean(Aggregator):
     .. math:: [\mathrm{TM}_f(x_1..x_n)]_k = \frac{1}{n - 2f} \sum_{j=f+1}^{n-f} x_{(j),k}
 
     where :math:`x_{(1),k} \le \dots \le x_{(n),k}` are the sorted values of coordinate ``k``.
-    Needs ``n > 2f``. Non-finite rows dropped beforehand count as trimmed.
+    Non-finite rows dropped beforehand count as trimmed.
 
     References
     ----------
@@ -42,7 +46,11 @@ class TrimmedMean(Aggregator):
     Towards Optimal Statistical Rates", ICML 2018.
     """
 
+    #: one line for the rule table of docs/index.md
+    summary = 'per coordinate, drop f largest and f smallest, average the rest'
+
     bound = "n > 2f"
+    decomposition = "coordinate-wise"
 
     def _aggregate(self, X, f, G):
         return ops.coordinate_trimmed_mean(X, f)
@@ -56,14 +64,18 @@ class MeaMed(Aggregator):
               \quad S_k = \operatorname*{arg\,min}_{|S| = n-f} \max_{i \in S} |x_{i,k} - \mathrm{med}_k|
 
     ``S_k`` is a window of consecutive sorted values; on ties the window of smaller values
-    wins. Needs ``n > 2f``.
+    wins.
 
     References
     ----------
     Xie, Koyejo, Gupta, "Generalized Byzantine-tolerant SGD", arXiv:1802.10116, 2018.
     """
 
+    #: one line for the rule table of docs/index.md
+    summary = 'per coordinate, mean of the n − f values closest to the median'
+
     bound = "n > 2f"
+    decomposition = "coordinate-wise"
 
     def _aggregate(self, X, f, G):
         return ops.coordinate_mean_around_median(X, X.shape[0] - f)

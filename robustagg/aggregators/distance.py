@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from robustagg._validation import check_int
+from robustagg._validation import Integer
 from robustagg.aggregators import ops
 from robustagg.aggregators.base import Aggregator
 from robustagg.aggregators.registry import register
@@ -20,8 +20,9 @@ class Krum(Aggregator):
               \quad i^* = \operatorname*{arg\,min}_i s_i
 
     where :math:`N_i` holds the ``n - f - 2`` inputs :math:`j \ne i` closest to :math:`x_i`.
-    The lowest index wins ties (with ``n - f - 2 = 1`` the two closest inputs always tie).
-    Needs ``n > 2f + 2``. After a call, ``last["selected"]`` holds the chosen input's index
+    The lowest index wins ties (with ``n - f - 2 = 1`` the two closest inputs always tie),
+    also among identical inputs whose scores differ by rounding.
+    After a call, ``last["selected"]`` holds the chosen input's index
     (in the caller's numbering) and ``last["scores"]`` the scores of the finite inputs.
 
     References
@@ -30,19 +31,24 @@ class Krum(Aggregator):
     Byzantine Tolerant Gradient Descent", NeurIPS 2017.
     """
 
+    #: one line for the rule table of docs/index.md
+    summary = ("the x_i minimising the sum of squared distances to its n − f − 2 nearest others "
+               "(lowest index on ties)")
+
     bound = "n > 2f + 2"
     uses_gram = True
+    decomposition = "gram-selection"
 
-    def __init__(self, f: int = 0) -> None:
-        super().__init__(f)
-        self.last: dict = {}
-
-
-    def _aggregate(self, X, f, G):
-        D, _ = ops.sq_distances(X, G)
-        scores = ops.krum_scores(D, X.shape[0] - f - 2)
+    def _decide(self, statistic, f):
+        D, _ = statistic
+        scores = ops.krum_scores(D, D.shape[0] - f - 2)
         best = int(torch.argmin(scores))
+        # identical inputs have equal scores up to rounding: the lowest of them wins
+        best = int(torch.nonzero((D[best] == 0) | (scores == scores[best]))[0])
         self.last = {"selected": self._original([best]), "scores": scores}
+        return best
+
+    def _apply(self, X, best):
         return X[best].clone()
 
 
@@ -54,7 +60,7 @@ class MultiKrum(Krum):
               \quad M = \text{the } m \text{ indices of smallest } s_i
 
     ``s_i`` as in :class:`Krum`; ties go to the lower index; ``m`` defaults to ``n - f``
-    and is capped at the number of finite inputs. Needs ``n > 2f + 2``.
+    and is capped at the number of finite inputs.
 
     References
     ----------
@@ -62,22 +68,28 @@ class MultiKrum(Krum):
     Byzantine Tolerant Gradient Descent", NeurIPS 2017.
     """
 
+    #: one line for the rule table of docs/index.md
+    summary = 'mean of the m (default n − f) lowest Krum scores'
+
     name = "multi-krum"
+    _parameter_constraints = {**Krum._parameter_constraints, "m": Integer(minimum=1, optional=True)}
 
     def __init__(self, f: int = 0, m: Optional[int] = None) -> None:
         super().__init__(f)
-        self.m = None if m is None else check_int(m, "m", minimum=1)
+        self.m = self._check("m", m)
 
-
-    def _aggregate(self, X, f, G):
-        n = X.shape[0]
+    def _decide(self, statistic, f):
+        D, _ = statistic
+        n = D.shape[0]
         m = n - f if self.m is None else min(self.m, n)
-        D, _ = ops.sq_distances(X, G)
         scores = ops.krum_scores(D, n - f - 2)
         chosen = torch.sort(scores, stable=True).indices[:m]
-        weights = torch.zeros(n, dtype=torch.float64, device=X.device)
+        weights = torch.zeros(n, dtype=torch.float64, device=D.device)
         weights[chosen] = 1.0 / m
         self.last = {"selected": self._original(chosen.tolist()), "scores": scores}
+        return weights
+
+    def _apply(self, X, weights):
         return ops.combine_rows(weights, X)
 
 
@@ -96,7 +108,7 @@ class Bulyan(Aggregator):
 
     .. math:: [\mathrm{Bulyan}(x)]_k = \frac{1}{\beta} \sum_{i \in B_k} x_{i,k}
 
-    Needs ``n >= 4f + 3``. ``last["selected"]`` lists the :math:`\theta` inputs of step 1.
+    ``last["selected"]`` lists the :math:`\theta` inputs of step 1.
 
     References
     ----------
@@ -104,19 +116,19 @@ class Bulyan(Aggregator):
     in Byzantium", ICML 2018.
     """
 
+    #: one line for the rule table of docs/index.md
+    summary = ("θ = n − 2f iterated Krum picks, then per coordinate the mean of the θ − 2f values "
+               "closest to the median")
+
     bound = "n >= 4f + 3"
     uses_gram = True
+    decomposition = "gram-selection"
 
-    def __init__(self, f: int = 0) -> None:
-        super().__init__(f)
-        self.last: dict = {}
-
-
-    def _aggregate(self, X, f, G):
-        n = X.shape[0]
+    def _decide(self, statistic, f):
+        D, _ = statistic
+        n = D.shape[0]
         theta, beta = n - 2 * f, n - 4 * f
-        D, _ = ops.sq_distances(X, G)
-        remaining = torch.arange(n, device=X.device)
+        remaining = torch.arange(n, device=D.device)
         selected = []
         for _ in range(theta):
             sub = D.index_select(0, remaining).index_select(1, remaining)
@@ -125,5 +137,8 @@ class Bulyan(Aggregator):
             selected.append(int(remaining[pick]))
             remaining = torch.cat([remaining[:pick], remaining[pick + 1 :]])
         self.last = {"selected": self._original(selected)}
-        rows = torch.tensor(sorted(selected), dtype=torch.long)
+        return torch.tensor(sorted(selected), dtype=torch.long), beta
+
+    def _apply(self, X, decision):
+        rows, beta = decision
         return ops.coordinate_mean_around_median(X, beta, rows=rows)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from robustagg._validation import check_choice, check_float, check_int
+from robustagg._validation import Choice, Integer, Real
 from robustagg.aggregators import ops
 from robustagg.aggregators.base import Aggregator
 from robustagg.aggregators.registry import register
@@ -33,7 +33,7 @@ class GeometricMedian(Aggregator):
     the objective, which far outliers dominate: ask for a smaller ``tol`` to pin the point
     down at the honest inputs' scale then. ``nu`` is relative to the median pairwise
     distance. ``solver="cvxpy"`` solves the same problem with cvxpy (a reference for small
-    inputs; needs the ``dev`` extra). Needs ``n > 2f``.
+    inputs; needs the ``dev`` extra).
     ``last`` holds the weights ``alpha``, the iteration count, the objective and its
     certified lower bound. A gradient flows through the final combination only (the
     weights count as constants).
@@ -46,29 +46,41 @@ class GeometricMedian(Aggregator):
     IEEE Trans. Signal Processing 2022.
     """
 
+    #: one line for the rule table of docs/index.md
+    summary = 'argmin_z Σ‖z − x_i‖ (smoothed Weiszfeld in Gram space; `solver="cvxpy"`)'
+
     bound = "n > 2f"
     uses_gram = True
+    decomposition = "gram-weights"
+    _parameter_constraints = {**Aggregator._parameter_constraints, "tol": Real(minimum=0.0, strict_min=True),
+                              "max_iter": Integer(minimum=1), "nu": Real(minimum=0.0, strict_min=True),
+                              "solver": Choice("weiszfeld", "cvxpy")}
 
     def __init__(self, f: int = 0, tol: float = 1e-6, max_iter: int = 1000, nu: float = 1e-6,
                  solver: str = "weiszfeld") -> None:
         super().__init__(f)
-        self.tol = check_float(tol, "tol", minimum=0.0, strict_min=True)
-        self.max_iter = check_int(max_iter, "max_iter", minimum=1)
-        self.nu = check_float(nu, "nu", minimum=0.0, strict_min=True)
-        self.solver = check_choice(solver, "solver", ("weiszfeld", "cvxpy"))
-        self.last: dict = {}
+        self.tol = self._check("tol", tol)
+        self.max_iter = self._check("max_iter", max_iter)
+        self.nu = self._check("nu", nu)
+        self.solver = self._check("solver", solver)
 
     def _aggregate(self, X, f, G):
         if self.solver == "cvxpy":
             return self._cvxpy(X)
-        n = X.shape[0]
-        D, G = ops.sq_distances(X.detach(), None if G is None else G.detach())
+        return super()._aggregate(X, f, G)
+
+    def _statistic(self, X, G):
+        return ops.sq_distances(X.detach(), None if G is None else G.detach())
+
+    def _decide(self, statistic, f):
+        D, G = statistic
+        n = D.shape[0]
         G64 = G.to(torch.float64)
         diag = torch.diagonal(G64)
         off = D[~torch.eye(n, dtype=torch.bool, device=D.device)]
         scale = float(off.to(torch.float64).median().sqrt()) if off.numel() else 0.0
         nu = self.nu * (scale if scale > 0 else 1.0)
-        alpha = torch.full((n,), 1.0 / n, dtype=torch.float64, device=X.device)
+        alpha = torch.full((n,), 1.0 / n, dtype=torch.float64, device=D.device)
 
         def distances(a):
             Ga = G64 @ a
@@ -97,7 +109,7 @@ class GeometricMedian(Aggregator):
             alpha, dist, objective = alpha_new, dist_new, new_objective
             lower = max(lower, _lower_bound(G64, alpha, dist, nu))
         self.last = {"weights": alpha, "iterations": iterations, "objective": objective, "lower_bound": lower}
-        return ops.combine_rows(alpha, X)
+        return alpha
 
     def _cvxpy(self, X):
         try:

@@ -245,9 +245,16 @@ def distances_to(X: torch.Tensor, v: torch.Tensor, chunk: int = 1 << 16) -> torc
     return acc.sqrt().to(dtype)
 
 
+def clip_scales(norms: torch.Tensor, c: float) -> torch.Tensor:
+    """The factors ``min(1, c / ||x_i||)`` that clip rows of norms ``norms`` to norm ``c``."""
+    return torch.clamp(c / norms.clamp_min(torch.finfo(norms.dtype).tiny), max=1.0)
+
+
+def scale_rows(X: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    """``x_i * scales_i`` for every row (a new tensor)."""
+    return X * scales[:, None]
+
+
 def clip_rows(X: torch.Tensor, c: float, norms: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Scale each row to norm at most ``c``: ``x_i * min(1, c / ||x_i||)`` (a new tensor)."""
-    if norms is None:
-        norms = row_norms(X)
-    scale = torch.clamp(c / norms.clamp_min(torch.finfo(X.dtype).tiny), max=1.0)
-    return X * scale[:, None]
+    return scale_rows(X, clip_scales(row_norms(X) if norms is None else norms, c))

@@ -6,24 +6,29 @@ from typing import Any
 
 import torch
 
-from robustagg._validation import check_f_bound
-from robustagg.aggregators import ops
-from robustagg.aggregators.base import Aggregator, PreAggregator
-from robustagg.aggregators.convert import as_matrix
+from robustagg.aggregators.base import Aggregator, PreAggregator, _check_keys
 
 
 class Pipeline(Aggregator):
     r"""``pipeline(p_1, ..., p_k, rule)(x) = rule(p_k(...p_1(x)))``.
 
-    Every stage but the last must be a :class:`PreAggregator`. Non-finite rows are
-    dropped once, before the first stage, and count against every stage's ``f``.
-    Each stage checks its own bound on the number of rows it receives and the ``f`` left
-    after the drop (as a rule called alone does).
+    Every stage but the last must be a :class:`PreAggregator`. Each stage receives its input
+    through :meth:`Aggregator.aggregate`, the path a rule called alone takes: it drops the
+    non-finite rows of what it receives (and, for distance rules, rows whose norms overflow:
+    a bucket average holding a 1e20 row is itself a bad row), and checks its bound on the rows
+    it receives and the ``f`` left, its own ``f`` minus the rows earlier stages dropped.
+
+    After a call, ``last`` holds the final stage's ``last`` and, under ``"stages"``, every
+    stage's; its ``"selected"`` indices are in the caller's numbering when every earlier stage
+    ``preserves_rows`` (else in the numbering of the final stage's input). ``dropped`` counts
+    the rows all stages dropped; ``kept`` is the first stage's.
 
     >>> import robustagg as ra
     >>> ra.pipeline(ra.get("nnm", f=2), ra.get("trimmed-mean", f=2))
     Pipeline(NNM(f=2), TrimmedMean(f=2))
     """
+
+    _document_bound = False  # each stage has its own
 
     def __init__(self, *stages: Aggregator) -> None:
         if not stages:
@@ -40,18 +45,25 @@ class Pipeline(Aggregator):
         self.stages = tuple(stages)
         self.name = " -> ".join(s.name for s in stages)
         self.bound = stages[0].bound
-        self.uses_gram = stages[0].uses_gram
 
     def __repr__(self) -> str:
         return f"Pipeline({', '.join(map(repr, self.stages))})"
 
-    @property
-    def last(self) -> dict:
-        return getattr(self.stages[-1], "last", {})
-
     def reset(self) -> None:
         for stage in self.stages:
             stage.reset()
+
+    def state_dict(self) -> dict:
+        return {"stages": [stage.state_dict() for stage in self.stages]}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_keys(self, state, ("stages",))
+        if len(state["stages"]) != len(self.stages):
+            raise ValueError(
+                f"{self.name}: the state has {len(state['stages'])} stage(s), the pipeline has {len(self.stages)}"
+            )
+        for stage, sub in zip(self.stages, state["stages"]):
+            stage.load_state_dict(sub)
 
     def min_inputs(self) -> int:
         for n in range(1, 1 << 16):
@@ -60,30 +72,29 @@ class Pipeline(Aggregator):
                 if rows < stage.min_inputs():
                     ok = False
                     break
-                rows = stage.output_rows(rows) if hasattr(stage, "output_rows") else rows
+                rows = stage.output_rows(rows) if isinstance(stage, PreAggregator) else rows
             if ok:
                 return n
         raise ValueError("no number of inputs satisfies every stage")
 
-    def __call__(self, updates: Any) -> Any:
-        X, restore = as_matrix(updates)
-        return restore(self.aggregate(X))
-
-    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
-        first = self.stages[0]
-        X, f, G = first._prepare(X)
-        dropped = first.f - f
-        X = first._aggregate(X, f, G)
-        for stage in self.stages[1:]:
-            if stage.f < dropped:
-                raise ValueError(
-                    f"{dropped} non-finite updates were dropped but stage {stage.name} declares f={stage.f}"
-                )
-            # like a rule called alone: the bound holds for the rows left and the f left
-            check_f_bound(stage.name, X.shape[0], stage.f - dropped, bound=stage.bound)
-            G = ops.gram(X) if stage.uses_gram else None
-            X = stage._aggregate(X, stage.f - dropped, G)
+    def aggregate(self, X: torch.Tensor, *, spent: int = 0) -> torch.Tensor:
+        dropped = spent
+        for stage in self.stages:
+            X = stage.aggregate(X, spent=dropped)
+            dropped += stage.dropped
+        self.kept, self.dropped = self.stages[0].kept, dropped - spent
+        final = self.stages[-1]
+        self.last = {**final.last, "stages": [stage.last for stage in self.stages]}
+        if "selected" in final.last and all(s.preserves_rows for s in self.stages[:-1]):
+            self.last["selected"] = [self._to_caller(i) for i in final.last["selected"]]
         return X
+
+    def _to_caller(self, index: int) -> int:
+        """Row ``index`` of the final stage's input, numbered as the pipeline's input."""
+        for stage in reversed(self.stages[:-1]):
+            if stage.kept is not None:
+                index = int(stage.kept[index])
+        return index
 
 
 def pipeline(*stages: Aggregator) -> Pipeline:

@@ -6,9 +6,9 @@ import math
 
 import torch
 
-from robustagg._validation import check_float, check_int
+from robustagg._validation import Integer, Real
 from robustagg.aggregators import ops
-from robustagg.aggregators.base import PreAggregator
+from robustagg.aggregators.base import PreAggregator, _check_keys
 from robustagg.aggregators.registry import register
 
 
@@ -20,7 +20,7 @@ class NNM(PreAggregator):
 
     where :math:`N_i` holds :math:`x_i` itself and its ``n - f - 1`` nearest other inputs
     (Euclidean; lower index on ties). One Gram matrix plus one ``(n x n) @ (n x d)``
-    product. Needs ``n > 2f``.
+    product.
 
     References
     ----------
@@ -28,12 +28,16 @@ class NNM(PreAggregator):
     for Optimal Byzantine ML under Heterogeneity", AISTATS 2023.
     """
 
+    #: one line for the rule table of docs/index.md
+    summary = 'x_i ← mean of its n − f nearest inputs (itself included)'
+
     bound = "n > 2f"
     uses_gram = True
+    decomposition = "gram-weights"
 
-    def _transform(self, X, f, G):
-        D, _ = ops.sq_distances(X, G)
-        return ops.combine_rows(ops.nearest_weights(D, X.shape[0] - f), X)
+    def _decide(self, statistic, f):
+        D, _ = statistic
+        return ops.nearest_weights(D, D.shape[0] - f)
 
 
 @register("bucketing")
@@ -53,22 +57,36 @@ class Bucketing(PreAggregator):
     Bucketing", ICLR 2022.
     """
 
+    #: one line for the rule table of docs/index.md
+    summary = 'shuffle, average consecutive groups of s'
+
     bound = "n > f"
+    decomposition = "gram-weights"  # no statistic: the weights come from the generator alone
+    preserves_rows = False
+    _parameter_constraints = {**PreAggregator._parameter_constraints, "s": Integer(minimum=1),
+                              "seed": Integer()}
 
     def __init__(self, f: int = 0, s: int = 2, seed: int = 0) -> None:
         super().__init__(f)
-        self.s = check_int(s, "s", minimum=1)
-        self.seed = check_int(seed, "seed")
+        self.s = self._check("s", s)
+        self.seed = self._check("seed", seed)
         self.reset()
-
 
     def reset(self) -> None:
         self._generator = torch.Generator().manual_seed(self.seed)
 
+    def state_dict(self) -> dict:
+        """``{"generator": the state of the permutation generator}``."""
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_keys(self, state, ("generator",))
+        self._generator.set_state(state["generator"])
+
     def output_rows(self, n: int) -> int:
         return math.ceil(n / self.s)
 
-    def _transform(self, X, f, G):
+    def _aggregate(self, X, f, G):
         n = X.shape[0]
         perm = torch.randperm(n, generator=self._generator)
         buckets = self.output_rows(n)
@@ -76,7 +94,7 @@ class Bucketing(PreAggregator):
         for j in range(buckets):
             members = perm[j * self.s : (j + 1) * self.s]
             W[j, members] = 1.0 / members.numel()
-        return ops.combine_rows(W.to(X.device), X)
+        return self._apply(X, W.to(X.device))
 
 
 @register("clipping", "static-clipping")
@@ -91,14 +109,25 @@ class Clipping(PreAggregator):
     Gradients in Distributed Learning", arXiv:2405.14432, 2024 (static clipping baseline).
     """
 
+    #: one line for the rule table of docs/index.md
+    summary = 'x_i · min(1, c/‖x_i‖)'
+
     bound = "n > f"
+    decomposition = "norms-scales"
+    _parameter_constraints = {**PreAggregator._parameter_constraints, "c": Real(minimum=0.0, strict_min=True)}
 
     def __init__(self, f: int = 0, c: float = 1.0) -> None:
         super().__init__(f)
-        self.c = check_float(c, "c", minimum=0.0, strict_min=True)
+        self.c = self._check("c", c)
 
-    def _transform(self, X, f, G):
-        return ops.clip_rows(X, self.c)
+    def _statistic(self, X, G):
+        return ops.row_norms(X)
+
+    def _decide(self, norms, f):
+        return ops.clip_scales(norms, self.c)
+
+    def _apply(self, X, scales):
+        return ops.scale_rows(X, scales)
 
 
 @register("arc", "adaptive-robust-clipping")
@@ -109,7 +138,7 @@ class ARC(PreAggregator):
               \tau = \|x\|_{(k+1)}, \quad y_i = x_i \min\left(1, \frac{\tau}{\|x_i\|}\right)
 
     where :math:`\|x\|_{(1)} \ge \|x\|_{(2)} \ge \dots` are the norms in decreasing order
-    (so the ``k`` largest are clipped). Needs ``n > 2f``.
+    (so the ``k`` largest are clipped).
 
     References
     ----------
@@ -117,11 +146,20 @@ class ARC(PreAggregator):
     Gradients in Distributed Learning", arXiv:2405.14432, 2024.
     """
 
-    bound = "n > 2f"
+    #: one line for the rule table of docs/index.md
+    summary = 'clip all to the (k+1)-th largest norm, k = ⌊2(f/n)(n − f)⌋'
 
-    def _transform(self, X, f, G):
-        n = X.shape[0]
+    bound = "n > 2f"
+    decomposition = "norms-scales"
+
+    def _statistic(self, X, G):
+        return ops.row_norms(X)
+
+    def _decide(self, norms, f):
+        n = norms.shape[0]
         k = math.floor(2 * f * (n - f) / n)
-        norms = ops.row_norms(X)
         tau = float(torch.sort(norms.detach(), descending=True).values[k])
-        return ops.clip_rows(X, tau, norms)
+        return ops.clip_scales(norms, tau)
+
+    def _apply(self, X, scales):
+        return ops.scale_rows(X, scales)
