@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from robustagg._io import remove_stale_temporaries
 from robustagg.train import checkpoint as ckpt
 from robustagg.train.components import load_dataset, model_factory, partition
 from robustagg.train.config import TrainConfig, load_config
@@ -17,6 +18,9 @@ from robustagg.train.flat import FlatModel
 from robustagg.train.optim import learning_rate, resolve_schedule
 from robustagg.train.results import History, write_results
 from robustagg.train.worker import loss_function
+
+#: Per-step statistics summed over the steps of a history row (``rows`` is averaged).
+COUNTERS = ("rows", "skipped", "skipped_nonfinite")
 
 #: Keys that may differ between a checkpoint's configuration and the resuming one.
 RESUMABLE_CHANGES = (("run", "steps"), ("run", "checkpoint_every"), ("run", "out_dir"))
@@ -115,7 +119,9 @@ class Trainer:
             Total number of steps (not additional ones).
         resume : bool
             Continue from ``<out_dir>/<name>/checkpoint.pt`` when it exists (otherwise start
-            fresh). The resumed run ends with exactly the model an uninterrupted run reaches.
+            fresh); when it is missing or fails its digest check, from the previous checkpoint
+            ``checkpoint.previous.pt`` (with a warning). The resumed run ends with exactly the
+            model an uninterrupted run reaches.
         stop_after : int, optional
             Stop, as if killed, once step ``stop_after`` is done: nothing more is written, so
             only the last periodic checkpoint survives (used to test resuming).
@@ -127,8 +133,11 @@ class Trainer:
         """
         cfg = self.config
         total = cfg.run.steps if steps is None else int(steps)
-        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
-            self.load_checkpoint(self.checkpoint_path)
+        if self.run_dir is not None:
+            remove_stale_temporaries(self.run_dir)  # left by a killed write
+        path = self.checkpoint_path
+        if resume and path is not None and (path.exists() or ckpt.previous_path(path).exists()):
+            self.load_checkpoint()
         out = self.run_dir if write else None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -142,15 +151,21 @@ class Trainer:
             self._accumulate(stats)
             info = {"step": self.t, **stats}
             diverged = bool(stats.get("diverged", False))
-            if self.t % cfg.run.eval_every == 0 or self.t == total or diverged:
+            stopped = bool(stats.get("stopped", False))
+            if self.t % cfg.run.eval_every == 0 or self.t == total or diverged or stopped:
                 row = self._row()
                 if diverged:
                     row["diverged"] = 1
+                if stopped:
+                    row["stopped"] = 1
                 self.history.append(row)
                 info.update(row)
-            if diverged:
-                warnings.warn(f"{self.config.run.name}: the model became non-finite at step {self.t}; "
-                              "the run stops (last history row has diverged = 1)", RuntimeWarning, stacklevel=2)
+            if diverged or stopped:
+                why = ("the model became non-finite" if diverged else
+                       "more updates than f were non-finite (run.on_nonfinite = 'stop')")
+                key = "diverged" if diverged else "stopped"
+                warnings.warn(f"{self.config.run.name}: {why} at step {self.t}; "
+                              f"the run stops (last history row has {key} = 1)", RuntimeWarning, stacklevel=2)
                 if callback is not None:
                     callback(info)
                 break
@@ -177,7 +192,7 @@ class Trainer:
             w["loss_sum"] = w.get("loss_sum", 0.0) + loss
             w["loss_count"] = w.get("loss_count", 0.0) + 1
         for key, value in stats.items():
-            if key.startswith("t_") or key in ("rows", "skipped"):
+            if key.startswith("t_") or key in COUNTERS:
                 w[key] = w.get(key, 0.0) + float(value)
         w["lr"] = float(stats.get("lr", math.nan))
 
@@ -196,7 +211,7 @@ class Trainer:
         row["time"] = self._elapsed
         for key in sorted(k for k in w if k.startswith("t_")):
             row[key] = w[key] / steps
-        for key in ("rows", "skipped"):
+        for key in COUNTERS:
             if key in w:
                 row[key] = w[key] / steps if key == "rows" else w[key]
         row["lr"] = w.get("lr", math.nan)
@@ -249,9 +264,25 @@ class Trainer:
         ckpt.save(self.state_dict(), path)
         return path
 
-    def load_checkpoint(self, path: Optional[Any] = None) -> None:
-        path = Path(path) if path is not None else self.checkpoint_path
-        self.load_state_dict(ckpt.load(path))
+    def load_checkpoint(self, path: Optional[Any] = None) -> Path:
+        """Continue from the checkpoint at ``path``; by default the newest one under :attr:`run_dir`
+        that verifies (``checkpoint.pt``, else ``checkpoint.previous.pt``). Returns the file read.
+
+        A file that fails its digest check or lacks an entry raises
+        :class:`robustagg.train.checkpoint.CorruptFileError` (a ``ValueError`` naming the file).
+        """
+        if path is not None:
+            path = Path(path)
+            state = ckpt.load(path)
+        elif self.checkpoint_path is None:
+            raise ValueError("no checkpoint path: set run.out_dir or pass a path")
+        else:
+            state, path = ckpt.load_latest(self.checkpoint_path)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, IndexError, AttributeError) as exc:
+            raise ckpt.CorruptFileError(f"{path} lacks an entry this trainer needs ({exc!r})") from None
+        return path
 
     def _to_device(self, value: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if value is None else value.to(self.device)

@@ -7,6 +7,8 @@ Every builder is a plain function of the configuration, so the in-process traine
 
 from __future__ import annotations
 
+import math
+import os
 import zlib
 from typing import Any, List, Optional
 
@@ -21,6 +23,8 @@ from robustagg.train.optim import resolve_schedule
 TRAINERS = ("parameter-server", "peer-to-peer")
 MODES = ("sgd", "fedavg", "afa-cd", "afa-cs")
 MIXINGS = ("nna", "dsgd", "cc")
+#: ``run.on_nonfinite``: what a step with more than ``f`` non-finite updates does
+NONFINITE_POLICIES = ("skip", "stop")
 
 
 def derive_seed(seed: int, *keys: Any) -> int:
@@ -111,6 +115,12 @@ def build_faults(cfg: TrainConfig):
     from robustagg import faults
 
     built = [_component(faults, spec, f"faults[{i}]", cfg.run.seed, "fault", i) for i, spec in enumerate(cfg.faults)]
+    for i, fault in enumerate(built):
+        if hasattr(fault, "check_workers"):
+            try:
+                fault.check_workers(cfg.workers.n)
+            except ValueError as exc:
+                raise ValueError(f"faults[{i}].params.workers: {exc}") from None
     return faults.Compose(*built)
 
 
@@ -201,11 +211,13 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"workers.f must be < workers.n (got n={n}, f={f}): at least one worker must be honest")
     check_int(w.batch_size, "workers.batch_size", minimum=1)
     check_int(w.local_steps, "workers.local_steps", minimum=1)
-    check_float(opt.lr, "optimizer.lr", minimum=0.0, strict_min=True)
-    check_float(opt.local_lr, "optimizer.local_lr", minimum=0.0, strict_min=True)
+    for key in ("lr", "local_lr", "weight_decay"):
+        value = getattr(opt, key)
+        check_float(value, f"optimizer.{key}", minimum=0.0, strict_min=key != "weight_decay")
+        if not math.isfinite(value):
+            raise ValueError(f"optimizer.{key} must be finite, got {value}")
     check_float(opt.momentum, "optimizer.momentum", minimum=0.0, maximum=1.0, strict_max=True)
     check_choice(opt.momentum_at, "optimizer.momentum_at", ("server", "worker"))
-    check_float(opt.weight_decay, "optimizer.weight_decay", minimum=0.0)
     resolve_schedule(opt.schedule, opt.schedule_params, p2p=cfg.is_p2p)
     check_int(run.steps, "run.steps", minimum=0)
     check_int(run.seed, "run.seed", minimum=0)
@@ -214,10 +226,11 @@ def validate(cfg: TrainConfig) -> None:
     check_int(run.eval_batch_size, "run.eval_batch_size", minimum=1)
     if not run.name or any(sep in run.name for sep in ("/", "\\")) or run.name in (".", ".."):
         raise ValueError(f"run.name must be a plain directory name, got {run.name!r}")
+    check_choice(run.on_nonfinite, "run.on_nonfinite", NONFINITE_POLICIES)
     if run.checkpoint_every and not run.out_dir:
         raise ValueError("run.checkpoint_every needs run.out_dir (checkpoints go to <out_dir>/<name>/)")
-    if not (run.device == "cpu" or run.device.startswith("cuda")):
-        raise ValueError(f"run.device must be 'cpu' or 'cuda[:i]', got {run.device!r}")
+    check_out_dir(run.out_dir, run.name)
+    check_device(run.device)
     _check_data_and_model(cfg)
     attack, poisoner = build_attack(cfg), build_poisoner(cfg)
     if attack is not None and poisoner is not None:
@@ -238,6 +251,33 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(
             f"aggregator {rule.name!r} with f={cfg.rule_f} needs at least {need} inputs{bound}, but the server "
             f"receives at most workers.n = {n} updates per step; lower aggregator.f or add workers")
+
+
+def check_device(device: str, key: str = "run.device") -> None:
+    """``cpu``, or ``cuda[:i]`` on a torch that has that CUDA device; one-line ``ValueError`` otherwise."""
+    import torch
+
+    if device == "cpu":
+        return
+    if not device.startswith("cuda"):
+        raise ValueError(f"{key} must be 'cpu' or 'cuda[:i]', got {device!r}")
+    index = device[len("cuda"):]
+    if index and not (index[0] == ":" and index[1:].isdigit()):
+        raise ValueError(f"{key} must be 'cpu' or 'cuda[:i]', got {device!r}")
+    if not torch.cuda.is_available():
+        raise ValueError(f"{key} = {device!r}, but this torch has no usable CUDA device "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use 'cpu'")
+    if index and int(index[1:]) >= torch.cuda.device_count():
+        raise ValueError(f"{key} = {device!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible")
+
+
+def check_out_dir(out_dir: str, name: str) -> None:
+    """``run.out_dir`` (and ``<out_dir>/<name>``) must be directories or not exist yet."""
+    if not out_dir:
+        return
+    for path, key in ((out_dir, "run.out_dir"), (os.path.join(out_dir, name), "run.out_dir/run.name")):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{key}: {path!r} is a file, not a directory")
 
 
 def _check_data_and_model(cfg: TrainConfig) -> None:

@@ -111,6 +111,7 @@ class RunConfig:
     name: str = "run"
     device: str = "cpu"
     eval_batch_size: int = 1000
+    on_nonfinite: str = "skip"
 
 
 @dataclass

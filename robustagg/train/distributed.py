@@ -322,19 +322,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = _parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
-    try:
+    try:  # every check before any data is loaded or a process group is formed
         cfg = cli.load(args)
         if cfg.is_p2p:
             raise ValueError("robustagg.train.distributed runs the parameter server; "
                              "peer-to-peer configurations train in one process (robustagg train)")
+        cuda = cfg.run.device.startswith("cuda")
+        backend = args.backend if args.backend != "auto" else ("nccl" if cuda else "gloo")
+        check_backend(backend, cfg.run.device)
     except (ValueError, TypeError, OSError) as exc:
         if rank == 0:
             print(f"robustagg.train.distributed: error: {exc}", file=sys.stderr)
         return 2
     if args.threads:  # before any work (torchrun sets OMP_NUM_THREADS=1 for several processes)
         torch.set_num_threads(args.threads)
-    cuda = cfg.run.device.startswith("cuda")
-    backend = args.backend if args.backend != "auto" else ("nccl" if cuda else "gloo")
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -355,6 +356,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     finally:
         dist.destroy_process_group()
+
+
+def check_backend(backend: str, device: str) -> None:
+    """One-line ``ValueError`` when ``backend`` cannot work here: NCCL needs a CUDA build of
+    torch with NCCL, a visible GPU and ``run.device = "cuda"``."""
+    if backend != "nccl":
+        return
+    if not (dist.is_nccl_available() and torch.cuda.is_available()):
+        raise ValueError(f"--backend nccl needs a CUDA build of torch with NCCL and a visible GPU "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --backend gloo")
+    if not device.startswith("cuda"):
+        raise ValueError(f"--backend nccl needs run.device = 'cuda' (got {device!r}); use --backend gloo on the CPU")
 
 
 def _free_port() -> int:

@@ -77,7 +77,10 @@ class ParameterServer(Trainer):
 
     Missing updates (``None`` from a fault) are left out. When fewer rows than the rule
     needs (``rule.min_inputs()``) arrive, the step is skipped (the model does not move) and
-    counted in the history's ``skipped`` column.
+    counted in the history's ``skipped`` column. When more than the rule's ``f`` rows are
+    non-finite (e.g. ``f`` NaN attackers plus a NaN fault), ``run.on_nonfinite`` decides:
+    ``"skip"`` (default) skips the step and counts it in ``skipped`` and ``skipped_nonfinite``;
+    ``"stop"`` ends the run (its last history row has ``stopped = 1``).
 
     Parameters
     ----------
@@ -124,7 +127,7 @@ class ParameterServer(Trainer):
         self.past: collections.deque = collections.deque(maxlen=max(self.max_delay, 1))
         self.store = torch.zeros(self.n, d, device=self.device) if self.mode == "afa-cs" else None
         self.U = torch.empty(self.n, d, device=self.device)  # this step's updates, one row per worker
-        self._warned_skip = False
+        self._warned_skip = self._warned_nonfinite = False
 
     # ------------------------------------------------------------------ the three phases
     def plan(self, t: int) -> List[Arrival]:
@@ -218,12 +221,29 @@ class ParameterServer(Trainer):
             else:  # some workers sent nothing: only theirs are left out
                 X = self.U[torch.tensor(ids, dtype=torch.long, device=self.device)] if ids else self.U[:0]
         skipped = X.shape[0] == 0 or X.shape[0] < self.rule.min_inputs()
-        u = None if skipped else self.rule.aggregate(X)
+        u, nonfinite = None, False
+        if not skipped:
+            try:
+                u = self.rule.aggregate(X)
+            except ValueError:
+                if not self._too_many_nonfinite(X):
+                    raise
+                nonfinite = skipped = True
         t_aggregate = self._clock() - tic
+        if nonfinite:
+            if self.config.run.on_nonfinite == "stop":
+                return {"t_attack": t_attack, "t_aggregate": t_aggregate, "t_optimizer": 0.0,
+                        "rows": float(X.shape[0]), "skipped": 1.0, "skipped_nonfinite": 1.0, "lr": self.lr_at(t),
+                        "diverged": False, "stopped": True}
+            if not self._warned_nonfinite:
+                warnings.warn(f"step {t}: more than f={getattr(self.rule, 'f', 0)} of the {X.shape[0]} updates are "
+                              "non-finite; the step is skipped (counted in 'skipped_nonfinite'; "
+                              "run.on_nonfinite = 'stop' stops the run instead)", RuntimeWarning, stacklevel=2)
+                self._warned_nonfinite = True
 
         tic = self._clock()
         lr = self.lr_at(t)
-        if skipped:
+        if skipped and not nonfinite:
             if not self._warned_skip:
                 warnings.warn(f"step {t}: {X.shape[0]} update(s) arrived but the rule needs "
                               f"{self.rule.min_inputs()}; the step is skipped (counted in 'skipped')",
@@ -238,7 +258,12 @@ class ParameterServer(Trainer):
             diverged = not ops.all_finite(self.x)
         t_optimizer = self._clock() - tic
         return {"t_attack": t_attack, "t_aggregate": t_aggregate, "t_optimizer": t_optimizer,
-                "rows": float(X.shape[0]), "skipped": float(skipped), "lr": lr, "diverged": diverged}
+                "rows": float(X.shape[0]), "skipped": float(skipped), "skipped_nonfinite": float(nonfinite),
+                "lr": lr, "diverged": diverged}
+
+    def _too_many_nonfinite(self, X: torch.Tensor) -> bool:
+        """Whether more rows of ``X`` than the rule's ``f`` hold NaN/Inf (what ``run.on_nonfinite`` handles)."""
+        return int(ops.nonfinite_rows(X).numel()) > int(getattr(self.rule, "f", 0) or 0)
 
     def step(self) -> Dict[str, float]:
         """One step: :meth:`plan`, :meth:`compute`, :meth:`server_step`."""
