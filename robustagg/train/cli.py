@@ -20,6 +20,11 @@ from typing import Any, Dict, Optional
 
 from robustagg.train.config import TrainConfig
 
+#: models with fewer parameters train on one torch thread unless --threads or OMP_NUM_THREADS
+#: says otherwise (docs/training.md, "Threads": more threads lost 3.5x to 7x on such models
+#: when other jobs shared the cores)
+SMALL_MODEL = 1_000_000
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``train`` subcommand's arguments."""
@@ -36,8 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", default=None, help="run directory name (run.name)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per evaluation)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice; 1 is often faster for small models "
-                             "and on a busy machine)")
+                        help=f"torch threads (default: 1 for models under {SMALL_MODEL:,} parameters, "
+                             "torch's choice above; OMP_NUM_THREADS, when set, is kept)")
 
 
 def load(args: argparse.Namespace) -> TrainConfig:
@@ -71,10 +76,24 @@ def run(args: argparse.Namespace) -> int:
             torch.set_num_threads(args.threads)
         from robustagg.train import build
 
-        return train(build(cfg), args)
+        trainer = build(cfg)
+        default_threads(trainer, args)
+        return train(trainer, args)
     except (ValueError, TypeError, OSError) as exc:
         print(f"robustagg train: error: {exc}", file=sys.stderr)
         return 2
+
+
+def default_threads(trainer: Any, args: argparse.Namespace) -> int:
+    """Without ``--threads`` and ``OMP_NUM_THREADS``, train a model under :data:`SMALL_MODEL`
+    parameters on one torch thread; returns the thread count in use."""
+    import os
+
+    import torch
+
+    if args.threads is None and "OMP_NUM_THREADS" not in os.environ and trainer.flat.dim < SMALL_MODEL:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
 
 
 def train(trainer: Any, args: argparse.Namespace) -> int:

@@ -348,6 +348,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.timeout))
     try:
         trainer = DistributedParameterServer(cfg, server_computes=not args.no_server_compute)
+        cli.default_threads(trainer, args)
         if trainer.rank == 0:
             print(f"robustagg.train.distributed: {trainer.world} rank(s), backend {backend}; workers per rank: "
                   + ", ".join(f"{r}:{len(b)}" for r, b in enumerate(trainer.blocks)), file=sys.stderr)
