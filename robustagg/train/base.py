@@ -169,7 +169,7 @@ class Trainer:
                 if callback is not None:
                     callback(info)
                 break
-            if cfg.run.checkpoint_every and self.t % cfg.run.checkpoint_every == 0:
+            if cfg.run.checkpoint_every and self.checkpoint_path is not None and self.t % cfg.run.checkpoint_every == 0:
                 self.save_checkpoint()
                 if out is not None:
                     self.history.to_csv(out / "metrics.csv")

@@ -227,8 +227,6 @@ def validate(cfg: TrainConfig) -> None:
     if not run.name or any(sep in run.name for sep in ("/", "\\")) or run.name in (".", ".."):
         raise ValueError(f"run.name must be a plain directory name, got {run.name!r}")
     check_choice(run.on_nonfinite, "run.on_nonfinite", NONFINITE_POLICIES)
-    if run.checkpoint_every and not run.out_dir:
-        raise ValueError("run.checkpoint_every needs run.out_dir (checkpoints go to <out_dir>/<name>/)")
     check_out_dir(run.out_dir, run.name)
     check_device(run.device)
     _check_data_and_model(cfg)
