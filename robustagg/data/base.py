@@ -12,6 +12,7 @@ import torch
 
 from robustagg._registry import Registry
 from robustagg._validation import check_choice, check_int
+from robustagg.data.partition import as_labels, partition  # noqa: F401  (as_labels re-exported)
 
 DATASETS = Registry("dataset")
 
@@ -86,8 +87,6 @@ class Dataset:
 
     def partition(self, scheme: str, n_workers: int, **params: Any) -> List[np.ndarray]:
         """Split the training set across ``n_workers``; see :func:`robustagg.data.partition`."""
-        from robustagg.data.partition import partition
-
         return partition(scheme, self.y_train, n_workers, **params)
 
     def __repr__(self) -> str:
@@ -128,20 +127,6 @@ def default_root() -> Path:
         return Path(env).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "robustagg" / "data"
-
-
-def as_labels(labels: Any) -> np.ndarray:
-    """Labels (a tensor, an array, a list or a :class:`Dataset`'s training set) as a numpy array."""
-    if isinstance(labels, Dataset):
-        labels = labels.y_train
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim != 1:
-        raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
-    return labels
 
 
 def resolve_test_size(test_size: Union[int, float], n: int, name: str = "test_size") -> int:

@@ -16,9 +16,10 @@ import argparse
 import math
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
-from robustagg.train.config import TrainConfig
+if TYPE_CHECKING:
+    from robustagg.train.config import TrainConfig
 
 #: models with fewer parameters train on one torch thread unless --threads or OMP_NUM_THREADS
 #: says otherwise (docs/training.md, "Threads": more threads lost 3.5x to 7x on such models
@@ -45,8 +46,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "torch's choice above; OMP_NUM_THREADS, when set, is kept)")
 
 
-def load(args: argparse.Namespace) -> TrainConfig:
-    """The configuration named by ``args.config`` with ``--set``, ``--out`` and ``--name`` applied."""
+def load(args: argparse.Namespace) -> "TrainConfig":
+    """The configuration named by ``args.config`` with ``--set``, ``--out`` and ``--name`` applied.
+
+    Reading it builds and checks the run's components, so torch is imported here, not when
+    the module is (``robustagg train --help`` stays fast)."""
+    from robustagg.train.config import TrainConfig
+
     overrides = list(args.overrides)
     if args.out is not None:
         overrides.append(f"run.out_dir={_quote(args.out)}")

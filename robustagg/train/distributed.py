@@ -44,6 +44,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
+from robustagg.train.base import StepResult
+from robustagg.train.components import check_device
 from robustagg.train.results import History
 from robustagg.train.server import ParameterServer
 
@@ -222,7 +224,7 @@ class DistributedParameterServer(ParameterServer):
         else:
             dist.gather(self.sendbuf, dst=0)
 
-    def step(self) -> Dict[str, float]:
+    def step(self) -> StepResult:
         """Rank 0: one distributed step (see the module docstring)."""
         if self.rank != 0:
             raise RuntimeError("only rank 0 drives the steps; the other ranks call run() (which serves)")
@@ -247,13 +249,7 @@ class DistributedParameterServer(ParameterServer):
                             losses[w] = rows[j, d].cpu()
         values = [losses[w] for w in sorted(losses)]
         loss = float(torch.stack(values).mean()) if values else math.nan
-        t_compute = self._clock() - tic
-        if math.isinf(loss) or (math.isnan(loss) and any(w < self.h for w in updates)):
-            self.t += 1
-            return {"loss": loss, "t_compute": t_compute, "lr": self.lr_at(t), "diverged": True}
-        stats = self.server_step(t, updates)
-        self.t += 1
-        return {"loss": loss, "t_compute": t_compute, **stats}
+        return self.finish_step(t, updates, loss, self._clock() - tic)
 
     def serve(self) -> None:
         """Ranks > 0: follow rank 0's commands until it sends ``STOP``."""
@@ -329,6 +325,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "peer-to-peer configurations train in one process (robustagg train)")
         cuda = cfg.run.device.startswith("cuda")
         backend = args.backend if args.backend != "auto" else ("nccl" if cuda else "gloo")
+        check_device(cfg.run.device)
         check_backend(backend, cfg.run.device)
     except (ValueError, TypeError, OSError) as exc:
         if rank == 0:
