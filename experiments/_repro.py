@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from robustagg._io import digest_path  # noqa: E402
+from robustagg.train import checkpoint  # noqa: E402
 from robustagg.train.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 Job = Dict[str, Any]  # {"key": str, "config": dict (a TrainConfig dict), **metadata}
@@ -111,21 +113,28 @@ def _train(args: Any) -> Dict[str, Any]:
     trainer = fresh()
     resumed = None
     path = trainer.checkpoint_path
-    if path is not None and path.exists():
+    if path is not None and (path.exists() or checkpoint.previous_path(path).exists()):
         try:
-            trainer.load_checkpoint(path)
+            trainer.load_checkpoint()  # the latest that verifies, else the previous one
             resumed = trainer.t
-        except (ValueError, KeyError, RuntimeError, EOFError):
-            path.unlink()  # another configuration, or a damaged file: start over
+        except ValueError:  # another configuration, or no checkpoint that verifies: start over
+            _remove_checkpoints(path)
             trainer = fresh()
     history = trainer.run(write=False)
     record = {"key": job["key"], "config": trainer.config.to_dict(), "history": [dict(r) for r in history],
               "wall": time.perf_counter() - start, "resumed_from": resumed,
               "meta": {k: v for k, v in job.items() if k not in ("key", "config")}}
     atomic_write_text(_run_dir(out, job["key"]) / "done.json", json.dumps(record, default=_json_default))
-    if path is not None and path.exists():
-        path.unlink()  # done.json replaces it
+    if path is not None:
+        _remove_checkpoints(path)  # done.json replaces them
     return record
+
+
+def _remove_checkpoints(path: Path) -> None:
+    for p in (path, checkpoint.previous_path(path)):
+        for q in (p, digest_path(p)):
+            if q.exists():
+                q.unlink()
 
 
 def _json_default(value: Any) -> Any:
@@ -205,9 +214,11 @@ def run_grid(jobs: Sequence[Job], out: Any, *, processes: Optional[int] = None, 
                 records[record["key"]] = record
                 if progress:
                     best = max((r.get("accuracy") or 0.0 for r in record["history"]), default=float("nan"))
+                    spent = time.perf_counter() - start
+                    left = spent / i * (len(todo) - i)
                     print(f"  [{i}/{len(todo)}] {record['key']}: final accuracy "
                           f"{record['history'][-1].get('accuracy') or float('nan'):.3f}, best {best:.3f} "
-                          f"({record['wall']:.0f} s; {time.perf_counter() - start:.0f} s elapsed)", flush=True)
+                          f"({record['wall']:.0f} s; {spent:.0f} s elapsed, about {left:.0f} s left)", flush=True)
         finally:
             if pool is not None:
                 pool.close()

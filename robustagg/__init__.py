@@ -4,33 +4,35 @@
 >>> updates = torch.randn(10, 1000)
 >>> ra.get("trimmed-mean", f=2)(updates).shape
 torch.Size([1000])
+
+Every name is imported on first access (PEP 562), so ``import robustagg`` and the
+``robustagg`` command's ``--help`` and ``list`` do not import torch.
 """
 
-from robustagg import aggregators
-from robustagg.aggregators import (
-    Aggregator,
-    NonFiniteUpdateWarning,
-    Pipeline,
-    PreAggregator,
-    available,
-    flatten,
-    get,
-    pipeline,
-    unflatten,
-)
+import importlib
 
 __version__ = "0.1.0"
 
-_LAZY = ("attacks", "data", "faults", "models", "participation", "poisoning", "train")
+#: names re-exported from robustagg.aggregators
+_AGGREGATOR_NAMES = (
+    "Aggregator", "NonFiniteUpdateWarning", "Pipeline", "PreAggregator", "available", "flatten", "get",
+    "pipeline", "unflatten",
+)
+_LAZY = ("aggregators", "attacks", "data", "faults", "models", "participation", "poisoning", "train")
 
 
 def __getattr__(name):
-    """``robustagg.attacks`` etc. are imported on first access (keeps ``import robustagg`` light)."""
+    """``robustagg.get``, ``robustagg.attacks`` etc. are imported on first access."""
+    if name in _AGGREGATOR_NAMES:
+        return getattr(importlib.import_module("robustagg.aggregators"), name)
     if name in _LAZY:
-        import importlib
-
         return importlib.import_module(f"robustagg.{name}")
     raise AttributeError(f"module 'robustagg' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_AGGREGATOR_NAMES) | set(_LAZY))
+
 
 __all__ = [
     "Aggregator", "NonFiniteUpdateWarning", "Pipeline", "PreAggregator", "aggregators", "available",

@@ -113,6 +113,18 @@ class Bernoulli(ArrivalProcess):
         return u < _expand(self.p, n)
 
 
+@register("full", "everyone")
+class Full(Bernoulli):
+    r"""Every worker arrives in every round (the default): :math:`M_t = \{0, \dots, n-1\}`.
+
+    The same draws as ``bernoulli`` with ``p = 1``, so a run's other random components do
+    not change when a configuration names it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(1.0)
+
+
 @register("markov", "markov-on-off")
 class MarkovOnOff(ArrivalProcess):
     r"""On/off Markov chain per worker: an "off" worker turns on with probability ``p_on``

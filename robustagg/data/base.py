@@ -12,6 +12,7 @@ import torch
 
 from robustagg._registry import Registry
 from robustagg._validation import check_choice, check_int
+from robustagg.data.partition import as_labels, partition  # noqa: F401  (as_labels re-exported)
 
 DATASETS = Registry("dataset")
 
@@ -86,8 +87,6 @@ class Dataset:
 
     def partition(self, scheme: str, n_workers: int, **params: Any) -> List[np.ndarray]:
         """Split the training set across ``n_workers``; see :func:`robustagg.data.partition`."""
-        from robustagg.data.partition import partition
-
         return partition(scheme, self.y_train, n_workers, **params)
 
     def __repr__(self) -> str:
@@ -130,18 +129,24 @@ def default_root() -> Path:
     return Path(cache) / "robustagg" / "data"
 
 
-def as_labels(labels: Any) -> np.ndarray:
-    """Labels (a tensor, an array, a list or a :class:`Dataset`'s training set) as a numpy array."""
-    if isinstance(labels, Dataset):
-        labels = labels.y_train
-    if isinstance(labels, torch.Tensor):
-        labels = labels.detach().cpu().numpy()
-    labels = np.asarray(labels)
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim != 1:
-        raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
-    return labels
+def resolve_test_size(test_size: Union[int, float], n: int, name: str = "test_size") -> int:
+    """``test_size`` as a number of test samples out of ``n``, read the same way by every dataset.
+
+    An integer is a count (``1 <= test_size <= n - 1``); a float is a fraction of ``n`` in
+    ``(0, 1)``, rounded to the nearest count and kept within ``1 .. n - 1`` (as scikit-learn's
+    ``train_test_split`` reads it).
+
+    >>> resolve_test_size(360, 1797), resolve_test_size(0.2, 1797), resolve_test_size(0.2, 1000)
+    (360, 359, 200)
+    """
+    if isinstance(test_size, bool) or not isinstance(test_size, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a count (int) or a fraction (float in (0, 1)), got {test_size!r}")
+    if isinstance(test_size, (int, np.integer)):
+        return check_int(test_size, name, minimum=1, maximum=n - 1)
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"{name} = {test_size!r}: a float is a fraction of the {n} samples and must lie in "
+                         "(0, 1); give a number of samples as an integer")
+    return min(max(int(round(test_size * n)), 1), n - 1)
 
 
 def stratified_split(y: np.ndarray, n_test: int, seed: int) -> Tuple[np.ndarray, np.ndarray]:

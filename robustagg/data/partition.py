@@ -13,7 +13,21 @@ import numpy as np
 
 from robustagg._registry import Registry
 from robustagg._validation import check_float, check_int
-from robustagg.data.base import as_labels
+
+
+def as_labels(labels: Any) -> np.ndarray:
+    """Labels (a tensor, an array, a list, or an object with ``y_train`` such as a
+    :class:`~robustagg.data.Dataset`, whose training labels are taken) as a 1-d numpy array."""
+    labels = getattr(labels, "y_train", labels)
+    if hasattr(labels, "detach"):  # a torch tensor (torch itself is not needed here)
+        labels = labels.detach().cpu().numpy()
+    labels = np.asarray(labels)
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {labels.shape}")
+    return labels
+
 
 PARTITIONS = Registry("partition")
 

@@ -64,6 +64,13 @@ class Fault(ParamsRepr):
             self.workers = frozenset(check_int(w, "worker id", minimum=0) for w in workers)
         self.seed = check_int(seed, "seed", minimum=0)
 
+    def check_workers(self, n: int) -> None:
+        """Raise ``ValueError`` when ``workers`` names an id outside ``0..n-1`` (a run of ``n`` workers)."""
+        outside = sorted(w for w in (self.workers or ()) if w >= n)
+        if outside:
+            raise ValueError(f"{self.name or type(self).__name__}: workers {outside} out of range "
+                             f"(the run has n={n} workers, ids 0..{n - 1})")
+
     def applies(self, worker: int) -> bool:
         """Whether this fault affects ``worker``."""
         return self.workers is None or worker in self.workers
@@ -121,6 +128,15 @@ class Compose:
         for fault in self.faults:
             update = fault(t, worker, update)
         return update
+
+    def check_workers(self, n: int) -> None:
+        """:meth:`Fault.check_workers` of every stage that has it; the message names the stage."""
+        for i, fault in enumerate(self.faults):
+            if hasattr(fault, "check_workers"):
+                try:
+                    fault.check_workers(n)
+                except ValueError as exc:
+                    raise ValueError(f"stage {i}: {exc}") from None
 
     def reset(self) -> None:
         for fault in self.faults:

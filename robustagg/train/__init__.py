@@ -19,33 +19,40 @@ and checkpoint there every ``run.checkpoint_every`` steps; ``run(resume=True)`` 
 killed run to exactly the model an uninterrupted run reaches.
 """
 
-from typing import Any, Sequence, Union
+import importlib
+from typing import Any, Sequence
 
-from robustagg.train.base import Trainer
-from robustagg.train.checkpoint import atomic_write_bytes, atomic_write_text
-from robustagg.train.components import derive_seed
-from robustagg.train.config import TrainConfig, apply_overrides, load_config
-from robustagg.train.flat import FlatModel
-from robustagg.train.optim import ServerSGD, learning_rate
-from robustagg.train.p2p import PeerToPeer
-from robustagg.train.results import History, plot, write_results
-from robustagg.train.server import ParameterServer
-from robustagg.train.worker import local_update
+#: public name -> the submodule defining it (imported on first access, PEP 562, so that
+#: ``robustagg train --help`` and reading a configuration do not import torch)
+_WHERE = {
+    "Trainer": "base", "atomic_write_bytes": "checkpoint", "atomic_write_text": "checkpoint",
+    "derive_seed": "components", "TrainConfig": "config", "apply_overrides": "config", "load_config": "config",
+    "FlatModel": "flat", "ServerSGD": "optim", "learning_rate": "optim", "PeerToPeer": "p2p",
+    "History": "results", "plot": "results", "write_results": "results", "ParameterServer": "server",
+    "local_update": "worker",
+}
 
 
-def build(config: Any, overrides: Sequence[str] = (), **kwargs: Any) -> Union[ParameterServer, PeerToPeer]:
-    """The trainer named by ``config.trainer`` (a path, dict or :class:`TrainConfig`)."""
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"robustagg.train.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'robustagg.train' has no attribute {name!r}")
+
+
+def build(config: Any, overrides: Sequence[str] = (), **kwargs: Any) -> Any:
+    """The trainer named by ``config.trainer`` (a path, dict or :class:`TrainConfig`):
+    a :class:`ParameterServer` or a :class:`PeerToPeer`."""
+    from robustagg.train.config import load_config
+    from robustagg.train.p2p import PeerToPeer
+    from robustagg.train.server import ParameterServer
+
     cfg = load_config(config, overrides)
     return (PeerToPeer if cfg.is_p2p else ParameterServer)(cfg, **kwargs)
 
 
-def train(config: Any, overrides: Sequence[str] = (), *, resume: bool = False, **run_kwargs: Any) -> History:
-    """``build(config, overrides).run(resume=resume, **run_kwargs)``."""
+def train(config: Any, overrides: Sequence[str] = (), *, resume: bool = False, **run_kwargs: Any) -> Any:
+    """``build(config, overrides).run(resume=resume, **run_kwargs)``; returns the :class:`History`."""
     return build(config, overrides).run(resume=resume, **run_kwargs)
 
 
-__all__ = [
-    "FlatModel", "History", "ParameterServer", "PeerToPeer", "ServerSGD", "TrainConfig", "Trainer",
-    "apply_overrides", "atomic_write_bytes", "atomic_write_text", "build", "derive_seed", "learning_rate",
-    "load_config", "local_update", "plot", "train", "write_results",
-]
+__all__ = sorted([*_WHERE, "build", "train"])

@@ -5,18 +5,74 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from robustagg._io import remove_stale_temporaries
 from robustagg.train import checkpoint as ckpt
-from robustagg.train.components import load_dataset, model_factory, partition
+from robustagg.train.components import check_device, load_dataset, model_factory, partition
 from robustagg.train.config import TrainConfig, load_config
 from robustagg.train.flat import FlatModel
 from robustagg.train.optim import learning_rate, resolve_schedule
 from robustagg.train.results import History, write_results
 from robustagg.train.worker import loss_function
+
+#: Per-step statistics summed over the steps of a history row (``rows`` is averaged).
+COUNTERS = ("rows", "skipped", "skipped_nonfinite")
+
+
+@dataclass
+class StepResult:
+    """What one training step reports; the run loop sums it into the next history row.
+
+    Attributes
+    ----------
+    lr : float
+        The step's scheduled learning rate.
+    loss : float
+        Mean training loss of the honest workers (NaN when none computed).
+    times : dict
+        Seconds per phase, named as the history's columns (``t_compute``, ``t_attack``,
+        ``t_aggregate``, ``t_optimizer``; peer-to-peer: ``t_mix``).
+    rows : int or None
+        Updates the server's rule received (parameter server; ``None`` elsewhere, and when the
+        step ended before the server step).
+    skipped : bool
+        The model did not move: fewer rows than the rule needs, or more than ``f`` non-finite.
+    skipped_nonfinite : bool
+        Skipped (or stopped) because more than ``f`` rows were non-finite (``run.on_nonfinite``).
+    diverged : bool
+        The model or the honest training loss became non-finite: the run stops.
+    stopped : bool
+        ``run.on_nonfinite = "stop"`` ended the run at this step.
+    """
+
+    lr: float
+    loss: float = math.nan
+    times: Dict[str, float] = field(default_factory=dict)
+    rows: Optional[int] = None
+    skipped: bool = False
+    skipped_nonfinite: bool = False
+    diverged: bool = False
+    stopped: bool = False
+
+    def stats(self) -> Dict[str, float]:
+        """The statistics as the history and ``run(callback=...)`` name them."""
+        out: Dict[str, float] = {"loss": self.loss, **self.times}
+        if self.rows is not None:
+            out.update(rows=float(self.rows), skipped=float(self.skipped),
+                       skipped_nonfinite=float(self.skipped_nonfinite))
+        out.update(lr=self.lr, diverged=self.diverged)
+        if self.stopped:
+            out["stopped"] = True
+        return out
+
+    def __getitem__(self, key: str) -> float:
+        """``result["t_compute"]``: a value of :meth:`stats` (as when steps returned dicts)."""
+        return self.stats()[key]
 
 #: Keys that may differ between a checkpoint's configuration and the resuming one.
 RESUMABLE_CHANGES = (("run", "steps"), ("run", "checkpoint_every"), ("run", "out_dir"))
@@ -25,8 +81,8 @@ RESUMABLE_CHANGES = (("run", "steps"), ("run", "checkpoint_every"), ("run", "out
 class Trainer:
     """Base class of :class:`~robustagg.train.ParameterServer` and :class:`~robustagg.train.PeerToPeer`.
 
-    Subclasses implement :meth:`step` (one training step; returns its statistics: ``loss``
-    and the ``t_*`` seconds), :meth:`_evaluate` and :meth:`_state` / :meth:`_load_state`.
+    Subclasses implement :meth:`step` (one training step; returns a :class:`StepResult`),
+    :meth:`_evaluate` and :meth:`_state` / :meth:`_load_state`.
     """
 
     kind = ""
@@ -37,6 +93,7 @@ class Trainer:
         if (cfg.trainer == "peer-to-peer") != (self.kind == "peer-to-peer"):
             raise ValueError(f"this configuration has trainer = {cfg.trainer!r}; use "
                              f"{'PeerToPeer' if cfg.is_p2p else 'ParameterServer'} (or robustagg.train.build)")
+        check_device(cfg.run.device)  # before any data is loaded
         self.device = torch.device(cfg.run.device)
         self.dataset = load_dataset(cfg) if dataset is None else dataset
         self.classification = getattr(self.dataset, "task", "classification") == "classification"
@@ -71,8 +128,8 @@ class Trainer:
         return self
 
     # ------------------------------------------------------------------ hooks
-    def step(self) -> Dict[str, float]:
-        """Run training step ``self.t`` and advance ``self.t``; return the step's statistics."""
+    def step(self) -> StepResult:
+        """Run training step ``self.t`` and advance ``self.t``; return what it reports."""
         raise NotImplementedError
 
     def _evaluate(self) -> Dict[str, float]:
@@ -115,7 +172,9 @@ class Trainer:
             Total number of steps (not additional ones).
         resume : bool
             Continue from ``<out_dir>/<name>/checkpoint.pt`` when it exists (otherwise start
-            fresh). The resumed run ends with exactly the model an uninterrupted run reaches.
+            fresh); when it is missing or fails its digest check, from the previous checkpoint
+            ``checkpoint.previous.pt`` (with a warning). The resumed run ends with exactly the
+            model an uninterrupted run reaches.
         stop_after : int, optional
             Stop, as if killed, once step ``stop_after`` is done: nothing more is written, so
             only the last periodic checkpoint survives (used to test resuming).
@@ -127,8 +186,11 @@ class Trainer:
         """
         cfg = self.config
         total = cfg.run.steps if steps is None else int(steps)
-        if resume and self.checkpoint_path is not None and self.checkpoint_path.exists():
-            self.load_checkpoint(self.checkpoint_path)
+        if self.run_dir is not None:
+            remove_stale_temporaries(self.run_dir)  # left by a killed write
+        path = self.checkpoint_path
+        if resume and path is not None and (path.exists() or ckpt.previous_path(path).exists()):
+            self.load_checkpoint()
         out = self.run_dir if write else None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
@@ -137,20 +199,25 @@ class Trainer:
             if stop_after is not None and self.t >= stop_after:
                 return self.history
             tic = self._clock()
-            stats = self.step()
+            result = self.step()
             self._elapsed += self._clock() - tic
-            self._accumulate(stats)
-            info = {"step": self.t, **stats}
-            diverged = bool(stats.get("diverged", False))
-            if self.t % cfg.run.eval_every == 0 or self.t == total or diverged:
+            self._accumulate(result)
+            info = {"step": self.t, **result.stats()}
+            ends = result.diverged or result.stopped
+            if self.t % cfg.run.eval_every == 0 or self.t == total or ends:
                 row = self._row()
-                if diverged:
+                if result.diverged:
                     row["diverged"] = 1
+                if result.stopped:
+                    row["stopped"] = 1
                 self.history.append(row)
                 info.update(row)
-            if diverged:
-                warnings.warn(f"{self.config.run.name}: the model became non-finite at step {self.t}; "
-                              "the run stops (last history row has diverged = 1)", RuntimeWarning, stacklevel=2)
+            if ends:
+                why = ("the model became non-finite" if result.diverged else
+                       "more updates than f were non-finite (run.on_nonfinite = 'stop')")
+                key = "diverged" if result.diverged else "stopped"
+                warnings.warn(f"{self.config.run.name}: {why} at step {self.t}; "
+                              f"the run stops (last history row has {key} = 1)", RuntimeWarning, stacklevel=2)
                 if callback is not None:
                     callback(info)
                 break
@@ -169,17 +236,18 @@ class Trainer:
         threat = cfg.attack.name if cfg.attack.name != "none" else cfg.poisoning.name
         return f"{cfg.run.name}: {cfg.data.name}, {cfg.model.name}, n={self.n}, f={self.f}, {threat}"
 
-    def _accumulate(self, stats: Dict[str, float]) -> None:
+    def _accumulate(self, result: StepResult) -> None:
         w = self._window
         w["steps"] = w.get("steps", 0.0) + 1
-        loss = stats.get("loss", math.nan)
-        if math.isfinite(loss):
-            w["loss_sum"] = w.get("loss_sum", 0.0) + loss
+        if math.isfinite(result.loss):
+            w["loss_sum"] = w.get("loss_sum", 0.0) + result.loss
             w["loss_count"] = w.get("loss_count", 0.0) + 1
-        for key, value in stats.items():
-            if key.startswith("t_") or key in ("rows", "skipped"):
-                w[key] = w.get(key, 0.0) + float(value)
-        w["lr"] = float(stats.get("lr", math.nan))
+        counters = {}
+        if result.rows is not None:
+            counters = {"rows": result.rows, "skipped": result.skipped, "skipped_nonfinite": result.skipped_nonfinite}
+        for key, value in {**result.times, **counters}.items():
+            w[key] = w.get(key, 0.0) + float(value)
+        w["lr"] = float(result.lr)
 
     def _row(self) -> Dict[str, Any]:
         w, self._window = self._window, {}
@@ -196,7 +264,7 @@ class Trainer:
         row["time"] = self._elapsed
         for key in sorted(k for k in w if k.startswith("t_")):
             row[key] = w[key] / steps
-        for key in ("rows", "skipped"):
+        for key in COUNTERS:
             if key in w:
                 row[key] = w[key] / steps if key == "rows" else w[key]
         row["lr"] = w.get("lr", math.nan)
@@ -249,9 +317,25 @@ class Trainer:
         ckpt.save(self.state_dict(), path)
         return path
 
-    def load_checkpoint(self, path: Optional[Any] = None) -> None:
-        path = Path(path) if path is not None else self.checkpoint_path
-        self.load_state_dict(ckpt.load(path))
+    def load_checkpoint(self, path: Optional[Any] = None) -> Path:
+        """Continue from the checkpoint at ``path``; by default the newest one under :attr:`run_dir`
+        that verifies (``checkpoint.pt``, else ``checkpoint.previous.pt``). Returns the file read.
+
+        A file that fails its digest check or lacks an entry raises
+        :class:`robustagg.train.checkpoint.CorruptFileError` (a ``ValueError`` naming the file).
+        """
+        if path is not None:
+            path = Path(path)
+            state = ckpt.load(path)
+        elif self.checkpoint_path is None:
+            raise ValueError("no checkpoint path: set run.out_dir or pass a path")
+        else:
+            state, path = ckpt.load_latest(self.checkpoint_path)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, IndexError, AttributeError) as exc:
+            raise ckpt.CorruptFileError(f"{path} lacks an entry this trainer needs ({exc!r})") from None
+        return path
 
     def _to_device(self, value: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
         return None if value is None else value.to(self.device)

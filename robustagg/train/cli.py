@@ -16,9 +16,15 @@ import argparse
 import math
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
-from robustagg.train.config import TrainConfig
+if TYPE_CHECKING:
+    from robustagg.train.config import TrainConfig
+
+#: models with fewer parameters train on one torch thread unless --threads or OMP_NUM_THREADS
+#: says otherwise (docs/training.md, "Threads": more threads lost 3.5x to 7x on such models
+#: when other jobs shared the cores)
+SMALL_MODEL = 1_000_000
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,19 +36,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="continue from <out>/<name>/checkpoint.pt when it exists")
     parser.add_argument("--steps", type=int, default=None,
                         help="train until this step (total, not additional; default run.steps)")
-    parser.add_argument("--out", default=None, metavar="DIR", help="results directory (run.out_dir; default results)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="results directory (run.out_dir; default results); --out '' writes nothing "
+                             "(and so checkpoints nothing)")
     parser.add_argument("--name", default=None, help="run directory name (run.name)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (one line per evaluation)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's choice; 1 is often faster for small models "
-                             "and on a busy machine)")
+                        help=f"torch threads (default: 1 for models under {SMALL_MODEL:,} parameters, "
+                             "torch's choice above; OMP_NUM_THREADS, when set, is kept)")
 
 
-def load(args: argparse.Namespace) -> TrainConfig:
-    """The configuration named by ``args.config`` with ``--set``, ``--out`` and ``--name`` applied."""
+def load(args: argparse.Namespace) -> "TrainConfig":
+    """The configuration named by ``args.config`` with ``--set``, ``--out`` and ``--name`` applied.
+
+    Reading it builds and checks the run's components, so torch is imported here, not when
+    the module is (``robustagg train --help`` stays fast)."""
+    from robustagg.train.config import TrainConfig
+
     overrides = list(args.overrides)
     if args.out is not None:
         overrides.append(f"run.out_dir={_quote(args.out)}")
+        if not args.out:  # --out "": write nothing, so no checkpoints either
+            overrides.append("run.checkpoint_every=0")
     if args.name is not None:
         overrides.append(f"run.name={_quote(args.name)}")
     if args.steps is not None and args.steps < 0:
@@ -57,19 +72,34 @@ def _quote(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train in this process (``robustagg train``)."""
+    """Train in this process (``robustagg train``). Every error a configuration, a file or
+    an option can cause is one line on stderr and exit status 2."""
     try:
         cfg = load(args)
+        if args.threads:  # before building: the model's initialisation runs with them too
+            import torch
+
+            torch.set_num_threads(args.threads)
+        from robustagg.train import build
+
+        trainer = build(cfg)
+        default_threads(trainer, args)
+        return train(trainer, args)
     except (ValueError, TypeError, OSError) as exc:
         print(f"robustagg train: error: {exc}", file=sys.stderr)
         return 2
-    if args.threads:  # before building: the model's initialisation runs with them too
-        import torch
 
-        torch.set_num_threads(args.threads)
-    from robustagg.train import build
 
-    return train(build(cfg), args)
+def default_threads(trainer: Any, args: argparse.Namespace) -> int:
+    """Without ``--threads`` and ``OMP_NUM_THREADS``, train a model under :data:`SMALL_MODEL`
+    parameters on one torch thread; returns the thread count in use."""
+    import os
+
+    import torch
+
+    if args.threads is None and "OMP_NUM_THREADS" not in os.environ and trainer.flat.dim < SMALL_MODEL:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()
 
 
 def train(trainer: Any, args: argparse.Namespace) -> int:
@@ -95,6 +125,13 @@ def train(trainer: Any, args: argparse.Namespace) -> int:
           f"({wall:.1f} s){where}")
     if last.get("diverged"):
         print(f"{cfg.run.name}: the model diverged (non-finite) at step {last['step']}", file=sys.stderr)
+    skipped = sum(row.get("skipped_nonfinite", 0) for row in history)
+    if skipped:
+        print(f"{cfg.run.name}: {skipped:g} step(s) skipped: more than f updates were non-finite", file=sys.stderr)
+    if last.get("stopped"):
+        print(f"{cfg.run.name}: stopped at step {last['step']}: more than f updates were non-finite "
+              "(run.on_nonfinite = 'stop')", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,26 +1,38 @@
 """Building the run's objects from a :class:`~robustagg.train.config.TrainConfig`, and checking
-the configuration before anything heavy happens (:func:`validate`).
+the configuration before anything heavy happens (:func:`validate`, which returns the objects
+it built as :class:`Components`, the ones the trainer then uses).
 
 Every builder is a plain function of the configuration, so the in-process trainers and the
-``torch.distributed`` workers build identical objects from the same file and seed.
+``torch.distributed`` workers build identical objects from the same file and seed. This
+module reads the configuration's attributes only: it does not import
+:mod:`robustagg.train.config` (which imports it to check what it reads).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+import os
+import re
 import zlib
-from typing import Any, List, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, List, Optional
 
 import numpy as np
 
 from robustagg import aggregators
 from robustagg._registry import check_params, normalize_name
 from robustagg._validation import check_choice, check_float, check_int
-from robustagg.train.config import Component, TrainConfig
 from robustagg.train.optim import resolve_schedule
+
+if TYPE_CHECKING:  # annotations only: config imports this module
+    from robustagg.train.config import Component, TrainConfig
 
 TRAINERS = ("parameter-server", "peer-to-peer")
 MODES = ("sgd", "fedavg", "afa-cd", "afa-cs")
 MIXINGS = ("nna", "dsgd", "cc")
+#: ``run.on_nonfinite``: what a step with more than ``f`` non-finite updates does
+NONFINITE_POLICIES = ("skip", "stop")
 
 
 def derive_seed(seed: int, *keys: Any) -> int:
@@ -38,7 +50,7 @@ def derive_seed(seed: int, *keys: Any) -> int:
 # ---------------------------------------------------------------------- builders
 
 
-def build_rule(cfg: TrainConfig) -> aggregators.Aggregator:
+def build_rule(cfg: "TrainConfig") -> aggregators.Aggregator:
     """The server's rule (or pipeline); each stage's ``f`` defaults to :attr:`TrainConfig.rule_f`."""
     agg = cfg.aggregator
     if agg.pipeline:
@@ -53,8 +65,6 @@ def build_rule(cfg: TrainConfig) -> aggregators.Aggregator:
 def _seeded(registry: Any, name: str, params: dict, seed: int, *keys: Any) -> dict:
     """``params`` plus ``seed = derive_seed(seed, *keys)`` when the component takes a ``seed``
     and none was given (so ``run.seed`` reaches every randomised component)."""
-    import inspect
-
     try:
         accepted = inspect.signature(registry.resolve(name)).parameters
     except (TypeError, ValueError):
@@ -74,7 +84,7 @@ def _rule(name: str, f: int, params: dict, where: str, seed: int = 0) -> aggrega
         raise type(exc)(f"{where}: {exc}") from None
 
 
-def _component(module: Any, spec: Component, where: str, seed: Optional[int], *keys: Any) -> Any:
+def _component(module: Any, spec: "Component", where: str, seed: Optional[int], *keys: Any) -> Any:
     """``module.get(spec.name, **spec.params)``, errors prefixed with ``where``; with a ``seed``,
     a component that takes one and was given none gets ``derive_seed(seed, *keys)``."""
     try:
@@ -84,7 +94,7 @@ def _component(module: Any, spec: Component, where: str, seed: Optional[int], *k
         raise type(exc)(f"{where}: {exc}") from None
 
 
-def build_attack(cfg: TrainConfig):
+def build_attack(cfg: "TrainConfig"):
     """The update attack of the Byzantine workers, or ``None`` (``attack.name = "none"``).
 
     Not seeded here: the trainers hand the attack a generator seeded per step."""
@@ -95,7 +105,7 @@ def build_attack(cfg: TrainConfig):
     return _component(attacks, cfg.attack, "attack", None)
 
 
-def build_poisoner(cfg: TrainConfig):
+def build_poisoner(cfg: "TrainConfig"):
     """The data poisoning applied to the Byzantine workers' partitions, or ``None``."""
     if normalize_name(cfg.poisoning.name) == "none":
         return None
@@ -104,17 +114,23 @@ def build_poisoner(cfg: TrainConfig):
     return _component(poisoning, cfg.poisoning, "poisoning", cfg.run.seed, "poisoning")
 
 
-def build_faults(cfg: TrainConfig):
+def build_faults(cfg: "TrainConfig"):
     """``faults.Compose`` of the configured faults (in order), or ``None``."""
     if not cfg.faults:
         return None
     from robustagg import faults
 
     built = [_component(faults, spec, f"faults[{i}]", cfg.run.seed, "fault", i) for i, spec in enumerate(cfg.faults)]
+    for i, fault in enumerate(built):
+        if hasattr(fault, "check_workers"):
+            try:
+                fault.check_workers(cfg.workers.n)
+            except ValueError as exc:
+                raise ValueError(f"faults[{i}].params.workers: {exc}") from None
     return faults.Compose(*built)
 
 
-def build_participation(cfg: TrainConfig):
+def build_participation(cfg: "TrainConfig"):
     """The anarchic participation model, or ``None`` when every worker sends every step with
     ``workers.local_steps`` fresh local steps (the default)."""
     part = cfg.participation
@@ -125,7 +141,7 @@ def build_participation(cfg: TrainConfig):
         return None
     from robustagg import participation as P
 
-    def make(spec: Component, kind: type, where: str):
+    def make(spec: "Component", kind: type, where: str):
         obj = _component(P, spec, f"participation.{where}", None)
         if not isinstance(obj, kind):
             raise ValueError(f"participation.{where}: {spec.name!r} is not a {kind.__name__} "
@@ -150,13 +166,13 @@ def build_participation(cfg: TrainConfig):
         raise type(exc)(f"participation: {exc}") from None
 
 
-def load_dataset(cfg: TrainConfig):
+def load_dataset(cfg: "TrainConfig"):
     from robustagg import data
 
     return data.load(cfg.data.name, **cfg.data.params)
 
 
-def partition(cfg: TrainConfig, dataset: Any) -> List[np.ndarray]:
+def partition(cfg: "TrainConfig", dataset: Any) -> List[np.ndarray]:
     """One index array per worker (all ``n``; the Byzantine workers' data is used only when
     they poison it). The partition seed is derived from ``run.seed``."""
     from robustagg import data
@@ -168,7 +184,7 @@ def partition(cfg: TrainConfig, dataset: Any) -> List[np.ndarray]:
     return data.partition(cfg.data.partition, dataset.y_train, cfg.workers.n, **params)
 
 
-def model_factory(cfg: TrainConfig, dataset: Any):
+def model_factory(cfg: "TrainConfig", dataset: Any):
     """A zero-argument callable building the model for ``dataset`` (seeded from ``run.seed``)."""
     from robustagg import models
 
@@ -179,7 +195,7 @@ def model_factory(cfg: TrainConfig, dataset: Any):
     return models.model_fn(cfg.model.name, **params)
 
 
-def build_mixing_rule(cfg: TrainConfig) -> Optional[aggregators.Aggregator]:
+def build_mixing_rule(cfg: "TrainConfig") -> Optional[aggregators.Aggregator]:
     """Peer-to-peer: a robustagg rule used as the mixing step, or ``None`` for nna/dsgd/cc."""
     name = normalize_name(cfg.p2p.mixing)
     if name in MIXINGS or name == "mean":
@@ -190,8 +206,31 @@ def build_mixing_rule(cfg: TrainConfig) -> Optional[aggregators.Aggregator]:
 # ---------------------------------------------------------------------- validation
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Check names, parameters and bounds; raise ``ValueError``/``TypeError`` naming the key."""
+@dataclass
+class Components:
+    """The objects a configuration describes, built once by :func:`validate`.
+
+    Attributes
+    ----------
+    rule : Aggregator or None
+        The server's rule or pipeline (parameter server; ``None`` for peer-to-peer).
+    attack, poisoner, faults, participation : object or None
+        ``None`` when the configuration has none (participation: the default, everyone fresh).
+    mixing_rule : Aggregator or None
+        Peer-to-peer: a robustagg rule used as the mixing step (``None`` for nna/dsgd/cc).
+    """
+
+    rule: Any = None
+    attack: Any = None
+    poisoner: Any = None
+    faults: Any = None
+    participation: Any = None
+    mixing_rule: Any = None
+
+
+def validate(cfg: "TrainConfig") -> Components:
+    """Check names, parameters and bounds, raising ``ValueError``/``TypeError`` naming the key;
+    return the components built on the way (:class:`Components`)."""
     check_choice(cfg.trainer, "trainer", TRAINERS + ("ps", "p2p"))
     check_choice(cfg.mode, "mode", MODES)
     w, opt, run = cfg.workers, cfg.optimizer, cfg.run
@@ -201,11 +240,13 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(f"workers.f must be < workers.n (got n={n}, f={f}): at least one worker must be honest")
     check_int(w.batch_size, "workers.batch_size", minimum=1)
     check_int(w.local_steps, "workers.local_steps", minimum=1)
-    check_float(opt.lr, "optimizer.lr", minimum=0.0, strict_min=True)
-    check_float(opt.local_lr, "optimizer.local_lr", minimum=0.0, strict_min=True)
+    for key in ("lr", "local_lr", "weight_decay"):
+        value = getattr(opt, key)
+        check_float(value, f"optimizer.{key}", minimum=0.0, strict_min=key != "weight_decay")
+        if not math.isfinite(value):
+            raise ValueError(f"optimizer.{key} must be finite, got {value}")
     check_float(opt.momentum, "optimizer.momentum", minimum=0.0, maximum=1.0, strict_max=True)
     check_choice(opt.momentum_at, "optimizer.momentum_at", ("server", "worker"))
-    check_float(opt.weight_decay, "optimizer.weight_decay", minimum=0.0)
     resolve_schedule(opt.schedule, opt.schedule_params, p2p=cfg.is_p2p)
     check_int(run.steps, "run.steps", minimum=0)
     check_int(run.seed, "run.seed", minimum=0)
@@ -214,9 +255,12 @@ def validate(cfg: TrainConfig) -> None:
     check_int(run.eval_batch_size, "run.eval_batch_size", minimum=1)
     if not run.name or any(sep in run.name for sep in ("/", "\\")) or run.name in (".", ".."):
         raise ValueError(f"run.name must be a plain directory name, got {run.name!r}")
+    check_choice(run.on_nonfinite, "run.on_nonfinite", NONFINITE_POLICIES)
     if run.checkpoint_every and not run.out_dir:
-        raise ValueError("run.checkpoint_every needs run.out_dir (checkpoints go to <out_dir>/<name>/)")
-    if not (run.device == "cpu" or run.device.startswith("cuda")):
+        raise ValueError("run.checkpoint_every needs run.out_dir (checkpoints go to <out_dir>/<name>/); "
+                         "set run.checkpoint_every = 0 to write nothing (the CLI's --out '' does)")
+    check_out_dir(run.out_dir, run.name)
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", run.device):
         raise ValueError(f"run.device must be 'cpu' or 'cuda[:i]', got {run.device!r}")
     _check_data_and_model(cfg)
     attack, poisoner = build_attack(cfg), build_poisoner(cfg)
@@ -227,10 +271,8 @@ def validate(cfg: TrainConfig) -> None:
         what = f"attack {cfg.attack.name!r}" if attack is not None else f"poisoning {cfg.poisoning.name!r}"
         raise ValueError(f"{what} needs Byzantine workers: set workers.f >= 1")
     if cfg.is_p2p:
-        _check_p2p(cfg)
-        return
-    build_faults(cfg)
-    build_participation(cfg)
+        return Components(attack=attack, poisoner=poisoner, mixing_rule=_check_p2p(cfg))
+    faults, participation = build_faults(cfg), build_participation(cfg)
     rule = build_rule(cfg)
     need = rule.min_inputs()
     if need > n:
@@ -238,9 +280,37 @@ def validate(cfg: TrainConfig) -> None:
         raise ValueError(
             f"aggregator {rule.name!r} with f={cfg.rule_f} needs at least {need} inputs{bound}, but the server "
             f"receives at most workers.n = {n} updates per step; lower aggregator.f or add workers")
+    return Components(rule=rule, attack=attack, poisoner=poisoner, faults=faults, participation=participation)
 
 
-def _check_data_and_model(cfg: TrainConfig) -> None:
+def check_device(device: str, key: str = "run.device") -> None:
+    """Raise a one-line ``ValueError`` unless this torch has ``device`` (``cpu`` or ``cuda[:i]``).
+
+    Not part of :func:`validate` (a configuration for a GPU machine reads on any machine):
+    the trainers call it before loading data, the distributed launcher before forming the group.
+    """
+    import torch
+
+    if device == "cpu":
+        return
+    if not torch.cuda.is_available():
+        raise ValueError(f"{key} = {device!r}, but this torch has no usable CUDA device "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use 'cpu'")
+    index = device.partition(":")[2]
+    if index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"{key} = {device!r}, but only {torch.cuda.device_count()} CUDA device(s) are visible")
+
+
+def check_out_dir(out_dir: str, name: str) -> None:
+    """``run.out_dir`` (and ``<out_dir>/<name>``) must be directories or not exist yet."""
+    if not out_dir:
+        return
+    for path, key in ((out_dir, "run.out_dir"), (os.path.join(out_dir, name), "run.out_dir/run.name")):
+        if os.path.exists(path) and not os.path.isdir(path):
+            raise ValueError(f"{key}: {path!r} is a file, not a directory")
+
+
+def _check_data_and_model(cfg: "TrainConfig") -> None:
     from robustagg import data, models
 
     try:
@@ -262,7 +332,8 @@ def _check_data_and_model(cfg: TrainConfig) -> None:
         raise type(exc)(f"model: {exc}") from None
 
 
-def _check_p2p(cfg: TrainConfig) -> None:
+def _check_p2p(cfg: "TrainConfig") -> Optional[aggregators.Aggregator]:
+    """Peer-to-peer checks; returns the mixing rule (``None`` for nna/dsgd/cc)."""
     p = cfg.p2p
     n, f = cfg.workers.n, cfg.workers.f
     if cfg.mode != "sgd":
@@ -297,4 +368,6 @@ def _check_p2p(cfg: TrainConfig) -> None:
         if rule.min_inputs() > received:
             raise ValueError(f"p2p.mixing {rule.name!r} with f={cfg.rule_f} needs at least {rule.min_inputs()} "
                              f"inputs, but a node receives {received}")
+        return rule
+    return None
 

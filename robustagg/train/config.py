@@ -17,6 +17,10 @@ Every section and key is documented in ``docs/training.md``. Reading checks, in 
   participation components and rules are checked against their registries, and an ``f``
   too large for the chosen rule raises ``ValueError`` (``rule.min_inputs()``), all before
   any data is loaded (:func:`robustagg.train.components.validate`).
+
+Checking builds the run's components (rule, attack, poisoner, faults, participation, mixing
+rule) once; the trainer built from the configuration takes them (:meth:`TrainConfig.components`)
+instead of building them again.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-from robustagg.train import _toml
+from robustagg import _toml
+from robustagg.train import components as _components
 
 Params = Dict[str, Any]
 
@@ -111,6 +116,7 @@ class RunConfig:
     name: str = "run"
     device: str = "cpu"
     eval_batch_size: int = 1000
+    on_nonfinite: str = "skip"
 
 
 @dataclass
@@ -147,17 +153,23 @@ class TrainConfig:
         cfg = _build(cls, data, "")
         cfg._normalise()
         if validate:
-            from robustagg.train.components import validate as check
-
-            check(cfg)
+            cfg.__dict__["_built"] = _components.validate(cfg)
         return cfg
+
+    def components(self) -> "_components.Components":
+        """The run's components (rule, attack, poisoner, faults, participation, mixing rule).
+
+        The first call returns those :func:`~robustagg.train.components.validate` built when
+        the configuration was read; every later call builds fresh ones, so two trainers built
+        from one configuration never share a stateful rule or fault.
+        """
+        built = self.__dict__.pop("_built", None)
+        return built if built is not None else _components.validate(self)
 
     @classmethod
     def from_toml(cls, path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> "TrainConfig":
         """Read a TOML file; ``overrides`` are ``--set`` strings (see :meth:`with_overrides`)."""
-        with open(path, "rb") as fh:
-            data = _toml.tomllib.load(fh)
-        return cls.from_dict(apply_overrides(data, overrides))
+        return cls.from_dict(apply_overrides(_toml.read_toml(path), overrides))
 
     @classmethod
     def from_toml_string(cls, text: str, overrides: Sequence[str] = ()) -> "TrainConfig":

@@ -44,6 +44,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
+from robustagg.train.base import StepResult
+from robustagg.train.components import check_device
 from robustagg.train.results import History
 from robustagg.train.server import ParameterServer
 
@@ -222,7 +224,7 @@ class DistributedParameterServer(ParameterServer):
         else:
             dist.gather(self.sendbuf, dst=0)
 
-    def step(self) -> Dict[str, float]:
+    def step(self) -> StepResult:
         """Rank 0: one distributed step (see the module docstring)."""
         if self.rank != 0:
             raise RuntimeError("only rank 0 drives the steps; the other ranks call run() (which serves)")
@@ -247,13 +249,7 @@ class DistributedParameterServer(ParameterServer):
                             losses[w] = rows[j, d].cpu()
         values = [losses[w] for w in sorted(losses)]
         loss = float(torch.stack(values).mean()) if values else math.nan
-        t_compute = self._clock() - tic
-        if math.isinf(loss) or (math.isnan(loss) and any(w < self.h for w in updates)):
-            self.t += 1
-            return {"loss": loss, "t_compute": t_compute, "lr": self.lr_at(t), "diverged": True}
-        stats = self.server_step(t, updates)
-        self.t += 1
-        return {"loss": loss, "t_compute": t_compute, **stats}
+        return self.finish_step(t, updates, loss, self._clock() - tic)
 
     def serve(self) -> None:
         """Ranks > 0: follow rank 0's commands until it sends ``STOP``."""
@@ -322,19 +318,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     args = _parser().parse_args(argv)
     rank = int(os.environ.get("RANK", "0"))
-    try:
+    try:  # every check before any data is loaded or a process group is formed
         cfg = cli.load(args)
         if cfg.is_p2p:
             raise ValueError("robustagg.train.distributed runs the parameter server; "
                              "peer-to-peer configurations train in one process (robustagg train)")
+        cuda = cfg.run.device.startswith("cuda")
+        backend = args.backend if args.backend != "auto" else ("nccl" if cuda else "gloo")
+        check_device(cfg.run.device)
+        check_backend(backend, cfg.run.device)
     except (ValueError, TypeError, OSError) as exc:
         if rank == 0:
             print(f"robustagg.train.distributed: error: {exc}", file=sys.stderr)
         return 2
     if args.threads:  # before any work (torchrun sets OMP_NUM_THREADS=1 for several processes)
         torch.set_num_threads(args.threads)
-    cuda = cfg.run.device.startswith("cuda")
-    backend = args.backend if args.backend != "auto" else ("nccl" if cuda else "gloo")
     if cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
@@ -347,6 +345,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.timeout))
     try:
         trainer = DistributedParameterServer(cfg, server_computes=not args.no_server_compute)
+        cli.default_threads(trainer, args)
         if trainer.rank == 0:
             print(f"robustagg.train.distributed: {trainer.world} rank(s), backend {backend}; workers per rank: "
                   + ", ".join(f"{r}:{len(b)}" for r, b in enumerate(trainer.blocks)), file=sys.stderr)
@@ -355,6 +354,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     finally:
         dist.destroy_process_group()
+
+
+def check_backend(backend: str, device: str) -> None:
+    """One-line ``ValueError`` when ``backend`` cannot work here: NCCL needs a CUDA build of
+    torch with NCCL, a visible GPU and ``run.device = "cuda"``."""
+    if backend != "nccl":
+        return
+    if not (dist.is_nccl_available() and torch.cuda.is_available()):
+        raise ValueError(f"--backend nccl needs a CUDA build of torch with NCCL and a visible GPU "
+                         f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}); use --backend gloo")
+    if not device.startswith("cuda"):
+        raise ValueError(f"--backend nccl needs run.device = 'cuda' (got {device!r}); use --backend gloo on the CPU")
 
 
 def _free_port() -> int:

@@ -46,8 +46,8 @@ import torch
 from robustagg._registry import normalize_name
 from robustagg.aggregators import ops
 from robustagg.train import checkpoint as ckpt
-from robustagg.train.base import Trainer
-from robustagg.train.components import build_attack, build_mixing_rule, build_poisoner, derive_seed
+from robustagg.train.base import StepResult, Trainer
+from robustagg.train.components import derive_seed
 from robustagg.train.worker import build_loaders, local_update
 
 
@@ -75,15 +75,16 @@ class PeerToPeer(Trainer):
     def __init__(self, config: Any, *, dataset: Any = None, attack: Any = None) -> None:
         super().__init__(config, dataset=dataset)
         cfg = self.config
-        self.attack = build_attack(cfg) if attack is None else attack
-        self.poisoner = build_poisoner(cfg)
+        built = cfg.components()  # what reading the configuration built and checked
+        self.attack = built.attack if attack is None else attack
+        self.poisoner = built.poisoner
         self.loaders = build_loaders(self.dataset, self.parts, cfg.workers.batch_size, self.seed, honest=self.h,
                                      poisoner=self.poisoner, replacement=cfg.data.replacement, device=self.device)
         self.nodes = [i for i in range(self.n) if self.loaders[i] is not None]  # nodes running the protocol
         self.mixing = normalize_name(cfg.p2p.mixing)
         if self.mixing == "mean":
             self.mixing = "dsgd"
-        self.mixing_rule = build_mixing_rule(cfg)
+        self.mixing_rule = built.mixing_rule
         self.tau = float(cfg.p2p.mixing_params.get("tau", 1.0)) if self.mixing == "cc" else None
         self.beta = cfg.optimizer.momentum
         self.l2 = cfg.p2p.l2
@@ -94,7 +95,7 @@ class PeerToPeer(Trainer):
         self.G = torch.empty(k, d, device=self.device)
 
     # ------------------------------------------------------------------ one step
-    def step(self) -> Dict[str, float]:
+    def step(self) -> StepResult:
         t, gamma = self.t, self.lr_at(self.t)
         tic = self._clock()
         losses = []
@@ -124,9 +125,8 @@ class PeerToPeer(Trainer):
         t_mix = self._clock() - tic
         self.t += 1
         loss = float(torch.stack(losses).mean()) if losses else math.nan
-        diverged = not ops.all_finite(self.theta[: self.h])
-        return {"loss": loss, "t_compute": t_compute, "t_attack": t_attack, "t_mix": t_mix, "lr": gamma,
-                "diverged": diverged}
+        return StepResult(lr=gamma, loss=loss, times={"t_compute": t_compute, "t_attack": t_attack, "t_mix": t_mix},
+                          diverged=not ops.all_finite(self.theta[: self.h]))
 
     def _received(self, t: int, rows: int) -> Optional[torch.Tensor]:
         """``p2p.sample``: a ``(k, rows)`` boolean mask of what each node receives (``None``: all).

@@ -19,7 +19,9 @@ class History(list):
     steps since the previous row), ``test_loss``, ``accuracy``, ``time`` (cumulative training
     seconds, evaluation excluded) and the mean per-step split of that time (``t_compute``,
     ``t_attack``, ``t_aggregate``, ``t_optimizer`` for the parameter server; ``t_compute``,
-    ``t_attack``, ``t_mix`` for peer-to-peer); trainers add their own columns.
+    ``t_attack``, ``t_mix`` for peer-to-peer); trainers add their own columns (the parameter
+    server: ``rows``, ``skipped`` and ``skipped_nonfinite``, the steps skipped since the previous
+    row, all of them and those with more than ``f`` non-finite updates).
 
     >>> h = History([{"step": 10, "accuracy": 0.5}, {"step": 20, "accuracy": 0.8}])
     >>> h.column("accuracy"), h.last("accuracy")
@@ -86,6 +88,12 @@ def plot(history: Iterable[Dict[str, Any]], path: Any, title: str = "") -> None:
         values = [r.get(key, math.nan) for r in rows]
         if any(isinstance(v, float) and math.isfinite(v) for v in values):
             ax_acc.plot(steps, values, style, label=key.replace("_", " "))
+    skips = [(r["step"], r.get("skipped", 0)) for r in rows
+             if isinstance(r.get("skipped", 0), (int, float)) and r.get("skipped", 0) > 0]
+    if skips:  # steps the server skipped (too few rows, or more than f non-finite ones)
+        total = sum(count for _, count in skips)
+        ax_acc.plot([s for s, _ in skips], [0.0] * len(skips), "x", color="tab:red",
+                    label=f"skipped steps ({total:g})")
     ax_acc.set_xlabel("step")
     ax_acc.set_ylabel("test accuracy")
     ax_acc.grid(alpha=0.3)

@@ -35,10 +35,8 @@ import torch
 from robustagg.aggregators import ops
 from robustagg.participation import Arrival
 from robustagg.train import checkpoint as ckpt
-from robustagg.train.base import Trainer
-from robustagg.train.components import (
-    build_attack, build_faults, build_participation, build_poisoner, build_rule, derive_seed,
-)
+from robustagg.train.base import StepResult, Trainer
+from robustagg.train.components import derive_seed
 from robustagg.train.optim import ServerSGD
 from robustagg.train.worker import build_loaders, local_update
 
@@ -77,7 +75,10 @@ class ParameterServer(Trainer):
 
     Missing updates (``None`` from a fault) are left out. When fewer rows than the rule
     needs (``rule.min_inputs()``) arrive, the step is skipped (the model does not move) and
-    counted in the history's ``skipped`` column.
+    counted in the history's ``skipped`` column. When more than the rule's ``f`` rows are
+    non-finite (e.g. ``f`` NaN attackers plus a NaN fault), ``run.on_nonfinite`` decides:
+    ``"skip"`` (default) skips the step and counts it in ``skipped`` and ``skipped_nonfinite``;
+    ``"stop"`` ends the run (its last history row has ``stopped = 1``).
 
     Parameters
     ----------
@@ -105,11 +106,12 @@ class ParameterServer(Trainer):
         super().__init__(config, dataset=dataset)
         cfg = self.config
         self.mode = cfg.mode
-        self.rule = build_rule(cfg) if aggregator is None else aggregator
-        self.attack = build_attack(cfg) if attack is None else attack
-        self.poisoner = build_poisoner(cfg)
-        self.faults = build_faults(cfg)
-        self.participation = build_participation(cfg)
+        built = cfg.components()  # what reading the configuration built and checked
+        self.rule = built.rule if aggregator is None else aggregator
+        self.attack = built.attack if attack is None else attack
+        self.poisoner = built.poisoner
+        self.faults = built.faults
+        self.participation = built.participation
         self.loaders = build_loaders(self.dataset, self.parts, cfg.workers.batch_size, self.seed, honest=self.h,
                                      poisoner=self.poisoner, replacement=cfg.data.replacement, device=self.device)
         self.attackers = list(range(self.h, self.n)) if self.attack is not None else []
@@ -124,7 +126,7 @@ class ParameterServer(Trainer):
         self.past: collections.deque = collections.deque(maxlen=max(self.max_delay, 1))
         self.store = torch.zeros(self.n, d, device=self.device) if self.mode == "afa-cs" else None
         self.U = torch.empty(self.n, d, device=self.device)  # this step's updates, one row per worker
-        self._warned_skip = False
+        self._warned_skip = self._warned_nonfinite = False
 
     # ------------------------------------------------------------------ the three phases
     def plan(self, t: int) -> List[Arrival]:
@@ -178,81 +180,137 @@ class ParameterServer(Trainer):
         loss = float(torch.stack(losses).mean()) if losses else math.nan
         return updates, loss
 
-    def server_step(self, t: int, updates: Dict[int, torch.Tensor]) -> Dict[str, float]:
-        """Attack, faults, aggregation and the optimizer step for step ``t``; ``updates`` are
-        the computed rows (:meth:`compute`). Returns the timings and counters."""
+    def server_step(self, t: int, updates: Dict[int, torch.Tensor]) -> StepResult:
+        """Step ``t`` at the server, given the computed rows (:meth:`compute`), in five phases::
+
+            rows = buffer_rows(updates)     # every computed row in its buffer row U[w]
+            attack(t, rows)                 # the Byzantine rows U[b], from the honest ones
+            X = deliver(t, rows)            # faults: what arrives (missing rows left out)
+            u = aggregate(X)                # the rule, through its public aggregate()
+            optimizer step with u           # unless the step is skipped
+
+        The buffer ``U`` (``n x d``) has one row per worker: rows ``0..h-1`` belong to the
+        honest (or data-poisoning) workers, rows ``h..n-1`` to the Byzantine ones; AFA-CS
+        aggregates its ``store`` of every worker's latest arrived row instead.
+        """
         tic = self._clock()
-        for w, u in list(updates.items()):  # rows computed elsewhere (another process) join the buffer
-            if u.data_ptr() != self.U[w].data_ptr():
-                self.U[w].copy_(u)
-                updates[w] = self.U[w]
-        honest = sorted(w for w in updates if w < self.h)
-        if self.attack is not None and honest and self.attackers:
-            H = self.U[: len(honest)] if honest == list(range(len(honest))) else torch.stack([updates[w] for w in honest])
-            gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, "attack", t))
-            B = self.attack(H, len(self.attackers), aggregator=self.rule, generator=gen)
-            for j, b in enumerate(self.attackers):
-                self.U[b].copy_(B[j])
-                updates[b] = self.U[b]
+        rows = self._buffer_rows(updates)
+        self._attack(t, rows)
         t_attack = self._clock() - tic
 
         tic = self._clock()
-        sent = updates
+        X = self._deliver(t, rows)
+        u, nonfinite = self._aggregate(X)
+        t_aggregate = self._clock() - tic
+        result = StepResult(lr=self.lr_at(t), rows=int(X.shape[0]), skipped=u is None, skipped_nonfinite=nonfinite,
+                            times={"t_attack": t_attack, "t_aggregate": t_aggregate, "t_optimizer": 0.0})
+        if nonfinite and self.config.run.on_nonfinite == "stop":
+            result.stopped = True
+            return result
+
+        tic = self._clock()
+        if u is None:
+            self._warn_skipped(t, X.shape[0], nonfinite)
+        if self.max_delay > 0:
+            self.past.appendleft(self.x.clone())
+        if u is not None:
+            step = result.lr * self.config.optimizer.local_lr if self.mode in AFL_MODES else result.lr
+            self.optimizer.step(self.x, u, step)
+            result.diverged = not ops.all_finite(self.x)
+        result.times["t_optimizer"] = self._clock() - tic
+        return result
+
+    def _buffer_rows(self, updates: Dict[int, torch.Tensor]) -> Dict[int, torch.Tensor]:
+        """``{worker: U[w]}``: rows computed elsewhere (another process) are copied into the buffer."""
+        rows = {}
+        for w, u in updates.items():
+            if u.data_ptr() != self.U[w].data_ptr():
+                self.U[w].copy_(u)
+            rows[w] = self.U[w]
+        return rows
+
+    def _attack(self, t: int, rows: Dict[int, torch.Tensor]) -> None:
+        """The attack's rows into ``U[b]`` for every Byzantine worker ``b`` (added to ``rows``);
+        it sees every honest row of step ``t`` and the rule, and draws from ``(seed, "attack", t)``."""
+        honest = sorted(w for w in rows if w < self.h)
+        if self.attack is None or not honest or not self.attackers:
+            return
+        contiguous = honest == list(range(len(honest)))
+        H = self.U[: len(honest)] if contiguous else torch.stack([rows[w] for w in honest])
+        gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, "attack", t))
+        B = self.attack(H, len(self.attackers), aggregator=self.rule, generator=gen)
+        for j, b in enumerate(self.attackers):
+            self.U[b].copy_(B[j])
+            rows[b] = self.U[b]
+
+    def _deliver(self, t: int, rows: Dict[int, torch.Tensor]) -> torch.Tensor:
+        """What arrives at the server: the faults applied to each worker's row (``None``: nothing
+        arrives), as the matrix the rule aggregates (``U``, its arrived rows, or AFA-CS's store)."""
+        sent = rows
         if self.faults is not None:
             sent = {}
             for w in range(self.n):
-                out = self.faults(t, w, updates.get(w))
+                out = self.faults(t, w, rows.get(w))
                 if out is not None:
                     sent[w] = out
         ids = sorted(sent)
         if self.store is not None:
             for w in ids:
                 self.store[w].copy_(sent[w])
-            X = self.store
+            return self.store
+        for w in ids:  # rows a fault replaced (stale, bit-flipped, ...) go back into the buffer
+            if sent[w] is not rows.get(w):
+                self.U[w].copy_(sent[w])
+        if len(ids) == self.n:
+            return self.U
+        # some workers sent nothing: only theirs are left out
+        return self.U[torch.tensor(ids, dtype=torch.long, device=self.device)] if ids else self.U[:0]
+
+    def _aggregate(self, X: torch.Tensor) -> Tuple[Optional[torch.Tensor], bool]:
+        """``(rule.aggregate(X), False)``; ``(None, False)`` when fewer rows arrived than the rule
+        needs; ``(None, True)`` when more than the rule's ``f`` rows are non-finite."""
+        if X.shape[0] == 0 or X.shape[0] < self.rule.min_inputs():
+            return None, False
+        try:
+            return self.rule.aggregate(X), False
+        except ValueError:
+            if not self._too_many_nonfinite(X):
+                raise
+            return None, True
+
+    def _too_many_nonfinite(self, X: torch.Tensor) -> bool:
+        """Whether more rows of ``X`` than the rule's ``f`` hold NaN/Inf (what ``run.on_nonfinite`` handles)."""
+        return int(ops.nonfinite_rows(X).numel()) > int(getattr(self.rule, "f", 0) or 0)
+
+    def _warn_skipped(self, t: int, rows: int, nonfinite: bool) -> None:
+        if nonfinite and not self._warned_nonfinite:
+            warnings.warn(f"step {t}: more than f={getattr(self.rule, 'f', 0)} of the {rows} updates are "
+                          "non-finite; the step is skipped (counted in 'skipped_nonfinite'; "
+                          "run.on_nonfinite = 'stop' stops the run instead)", RuntimeWarning, stacklevel=3)
+            self._warned_nonfinite = True
+        elif not nonfinite and not self._warned_skip:
+            warnings.warn(f"step {t}: {rows} update(s) arrived but the rule needs {self.rule.min_inputs()}; "
+                          "the step is skipped (counted in 'skipped')", RuntimeWarning, stacklevel=3)
+            self._warned_skip = True
+
+    def finish_step(self, t: int, updates: Dict[int, torch.Tensor], loss: float, t_compute: float) -> StepResult:
+        """The server's part of step ``t`` once the updates and the honest loss are known
+        (in-process or gathered from other processes); advances ``self.t``."""
+        if math.isinf(loss) or (math.isnan(loss) and any(w < self.h for w in updates)):
+            result = StepResult(lr=self.lr_at(t), diverged=True)  # the honest workers' own loss is not finite
         else:
-            for w in ids:  # rows a fault replaced (stale, bit-flipped, ...) go back into the buffer
-                if sent[w] is not updates.get(w):
-                    self.U[w].copy_(sent[w])
-            if len(ids) == self.n:
-                X = self.U
-            else:  # some workers sent nothing: only theirs are left out
-                X = self.U[torch.tensor(ids, dtype=torch.long, device=self.device)] if ids else self.U[:0]
-        skipped = X.shape[0] == 0 or X.shape[0] < self.rule.min_inputs()
-        u = None if skipped else self.rule.aggregate(X)
-        t_aggregate = self._clock() - tic
+            result = self.server_step(t, updates)
+        result.loss = loss
+        result.times["t_compute"] = t_compute
+        self.t += 1
+        return result
 
-        tic = self._clock()
-        lr = self.lr_at(t)
-        if skipped:
-            if not self._warned_skip:
-                warnings.warn(f"step {t}: {X.shape[0]} update(s) arrived but the rule needs "
-                              f"{self.rule.min_inputs()}; the step is skipped (counted in 'skipped')",
-                              RuntimeWarning, stacklevel=2)
-                self._warned_skip = True
-        if self.max_delay > 0:
-            self.past.appendleft(self.x.clone())
-        diverged = False
-        if not skipped:
-            step = lr * self.config.optimizer.local_lr if self.mode in AFL_MODES else lr
-            self.optimizer.step(self.x, u, step)
-            diverged = not ops.all_finite(self.x)
-        t_optimizer = self._clock() - tic
-        return {"t_attack": t_attack, "t_aggregate": t_aggregate, "t_optimizer": t_optimizer,
-                "rows": float(X.shape[0]), "skipped": float(skipped), "lr": lr, "diverged": diverged}
-
-    def step(self) -> Dict[str, float]:
+    def step(self) -> StepResult:
         """One step: :meth:`plan`, :meth:`compute`, :meth:`server_step`."""
         t = self.t
         tic = self._clock()
-        arrivals = self.plan(t)
-        updates, loss = self.compute(t, arrivals)
-        t_compute = self._clock() - tic
-        if math.isinf(loss) or (math.isnan(loss) and any(w < self.h for w in updates)):
-            self.t += 1  # the honest workers' own loss is no longer finite: the run diverged
-            return {"loss": loss, "t_compute": t_compute, "lr": self.lr_at(t), "diverged": True}
-        stats = self.server_step(t, updates)
-        self.t += 1
-        return {"loss": loss, "t_compute": t_compute, **stats}
+        updates, loss = self.compute(t, self.plan(t))
+        return self.finish_step(t, updates, loss, self._clock() - tic)
 
     # ------------------------------------------------------------------ evaluation & state
     def _evaluate(self) -> Dict[str, float]:
