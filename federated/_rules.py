@@ -41,16 +41,15 @@ def build_rule(aggregator: RuleSpec, pre: Any = None, f: int = 0) -> Aggregator:
     return ra.pipeline(*built, rule)
 
 
-def rows_preserved(rule: Aggregator, n: int) -> bool:
-    """Whether the final stage of ``rule`` sees the ``n`` inputs in the caller's order."""
+def rows_preserved(rule: Aggregator) -> bool:
+    """Whether the indices ``rule.last`` names are the caller's inputs.
+
+    True for a rule alone and for a pipeline whose earlier stages all keep row ``i`` as
+    input ``i`` (``PreAggregator.preserves_rows``; bucketing shuffles and averages rows).
+    """
     if not isinstance(rule, Pipeline):
         return True
-    rows = n
-    for stage in rule.stages[:-1]:
-        rows = stage.output_rows(rows) if hasattr(stage, "output_rows") else rows
-        if getattr(stage, "name", "") == "bucketing":  # bucketing shuffles and averages rows
-            return False
-    return rows == n
+    return all(stage.preserves_rows for stage in rule.stages[:-1])
 
 
 def trusted(rule: Aggregator, node_ids: List[int]) -> Dict[str, Any]:
@@ -60,9 +59,9 @@ def trusted(rule: Aggregator, node_ids: List[int]) -> Dict[str, Any]:
     ``weights`` (Flag Aggregator, geometric median) become ``{"weights": {node id: w}}``.
     Nothing is returned when the rule exposes nothing or its final stage saw different rows.
     """
-    last = getattr(rule, "last", None)
+    last = rule.last
     n = len(node_ids)
-    if not isinstance(last, dict) or not rows_preserved(rule, n):
+    if not isinstance(last, dict) or not rows_preserved(rule):
         return {}
     out: Dict[str, Any] = {}
     selected = last.get("selected")

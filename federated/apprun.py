@@ -79,6 +79,15 @@ def app_modules(app_dir: Any) -> Iterator[None]:
     """``app_dir`` first on ``sys.path`` and ``PYTHONPATH`` (Ray workers import the app from it);
     the app's modules are imported afresh and forgotten afterwards."""
     app_dir = str(Path(app_dir).resolve())
+    tops = {p.stem for p in Path(app_dir).iterdir() if p.suffix == ".py" or (p / "__init__.py").is_file()}
+
+    def forget_app_modules() -> None:
+        # the same package name imported from another copy of the app (or an earlier run)
+        # must not be reused: its modules bound the FedAvg of their own import
+        for name in [m for m in sys.modules if m.split(".")[0] in tops]:
+            del sys.modules[name]
+
+    forget_app_modules()
     before = set(sys.modules)
     saved_path, saved_env = list(sys.path), os.environ.get("PYTHONPATH")
     sys.path.insert(0, app_dir)
@@ -95,6 +104,7 @@ def app_modules(app_dir: Any) -> Iterator[None]:
             mod = sys.modules.get(name)
             if str(getattr(mod, "__file__", "") or "").startswith(app_dir):
                 del sys.modules[name]
+        forget_app_modules()
 
 
 class Swap:
