@@ -18,6 +18,7 @@ from robustagg.aggregators import (
     pipeline,
     unflatten,
 )
+from robustagg.gradients import aggregate_gradients, stack_gradients
 
 __version__ = "0.1.0"
 
