@@ -49,22 +49,27 @@ class Block(NamedTuple):
         return f"{self.path}:{self.line}"
 
 
+FENCE = re.compile(r"^(?P<indent> *)```python\s*$")
+
+
 def extract(path: Path) -> List[Block]:
-    """The ```python blocks of one Markdown file, with their markers."""
+    """The ```python blocks of one Markdown file (also indented ones, in list items), with
+    their markers."""
     rel = path.relative_to(ROOT).as_posix()
     lines = path.read_text(encoding="utf-8").splitlines()
     blocks, i = [], 0
     while i < len(lines):
-        if lines[i].strip().startswith("```python") and lines[i].startswith("```"):
-            start = i
+        fence = FENCE.match(lines[i])
+        if fence:
+            start, indent = i, len(fence["indent"])
             body = []
             i += 1
-            while i < len(lines) and not lines[i].startswith("```"):
-                body.append(lines[i])
+            while i < len(lines) and not lines[i].strip().startswith("```"):
+                body.append(lines[i][indent:] if lines[i][:indent].strip() == "" else lines[i])
                 i += 1
             if i == len(lines):
                 raise ValueError(f"{rel}:{start + 1}: a ```python block is never closed")
-            skip, continues = None, False
+            skip = None
             marker = MARKER.match(lines[start - 1].strip()) if start else None
             if marker and marker["kind"] == "skip":
                 skip = marker["rest"].strip()
@@ -179,11 +184,13 @@ def test_snippet_runs(block, tmp_path, monkeypatch):
 def test_markers_are_parsed(tmp_path, monkeypatch):
     doc = tmp_path / "page.md"
     doc.write_text("text\n```python\na = 1\n```\n<!-- snippet: continue -->\n```python\nb = a + 1\n```\n"
-                   "<!-- snippet: skip (needs torchrun) -->\n```python\nimport missing\n```\n```bash\nls\n```\n")
+                   "<!-- snippet: skip (needs torchrun) -->\n```python\nimport missing\n```\n```bash\nls\n```\n"
+                   "1. item\n   <!-- snippet: skip (a sketch) -->\n   ```python\n   def f():\n       pass\n   ```\n")
     monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
     blocks = extract(doc)
     assert [(b.line, b.code, b.skip, b.continues) for b in blocks] == [
-        (2, "a = 1\n", None, False), (6, "b = a + 1\n", None, True), (10, "import missing\n", "needs torchrun", False)]
+        (2, "a = 1\n", None, False), (6, "b = a + 1\n", None, True), (10, "import missing\n", "needs torchrun", False),
+        (18, "def f():\n    pass\n", "a sketch", False)]
     doc.write_text("<!-- snippet: skip -->\n```python\nx = 1\n```\n")
     with pytest.raises(ValueError, match=r"page.md:1: a skip marker needs a reason"):
         extract(doc)
