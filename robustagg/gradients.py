@@ -26,13 +26,14 @@ def _parameters(model: Any) -> Named:
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     elif isinstance(model, Iterable) and not isinstance(model, (str, bytes, torch.Tensor, Mapping)):
         items = list(model)
-        if all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in items):
-            named = [(name, p) for name, p in items if p.requires_grad]
+        if items and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in items):
+            named = items
         else:
             named = [(str(i), p) for i, p in enumerate(items)]
         for name, p in named:
             if not isinstance(p, torch.Tensor):
                 raise TypeError(f"model: parameter {name!r} is a {type(p).__name__}, not a torch.Tensor")
+        named = [(name, p) for name, p in named if p.requires_grad]
     else:
         raise TypeError(f"model must be a torch.nn.Module or an iterable of parameters, got {type(model).__name__}")
     if not named:
@@ -73,7 +74,8 @@ def _entries(grads: Any, i: int, names: Sequence[str], frozen: set) -> Any:
                 if not isinstance(g, torch.Tensor):
                     raise TypeError(f"{where}: the entry for {name!r} is a {type(g).__name__}, not a torch.Tensor")
             return items
-    unknown = [k for k in grads if k not in names and k not in frozen]
+    known = set(names)
+    unknown = [k for k in grads if k not in known and k not in frozen]
     if unknown:
         raise ValueError(f"{where} has key {unknown[0]!r}, which is no parameter of the model")
     missing = [name for name in names if name not in grads]
