@@ -194,3 +194,14 @@ def test_markers_are_parsed(tmp_path, monkeypatch):
     doc.write_text("<!-- snippet: skip -->\n```python\nx = 1\n```\n")
     with pytest.raises(ValueError, match=r"page.md:1: a skip marker needs a reason"):
         extract(doc)
+
+
+def test_a_failing_block_is_reported_with_its_place(tmp_path, monkeypatch):
+    block = Block("docs/page.md", 7, "x = 1\nraise KeyError('missing')\n", None, False)
+    monkeypatch.setattr(sys.modules[__name__], "BLOCKS", [block])
+    with pytest.raises(pytest.fail.Exception, match=r"the block at docs/page.md:7 raised KeyError: 'missing'"):
+        test_snippet_runs(block, tmp_path, monkeypatch)
+    with pytest.raises(BlockTimeout, match=r"docs/page.md:7 took longer than 1 s"):
+        with time_limit(1, "the block at docs/page.md:7"):
+            while True:
+                pass
