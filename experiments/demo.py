@@ -214,7 +214,7 @@ def write_curves(results: List[Dict[str, Any]], attacks: Sequence[str], path: Pa
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test accuracy")
-    axes[-1].legend(loc="best", fontsize=8)
+    axes[0].legend(loc="lower right", fontsize=8)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     _save(fig, path)
