@@ -18,6 +18,8 @@ _AGGREGATOR_NAMES = (
     "Aggregator", "NonFiniteUpdateWarning", "Pipeline", "PreAggregator", "available", "flatten", "get",
     "pipeline", "unflatten",
 )
+#: names re-exported from robustagg.gradients
+_GRADIENT_NAMES = ("aggregate_gradients", "stack_gradients")
 _LAZY = ("aggregators", "attacks", "data", "faults", "models", "participation", "poisoning", "train")
 
 
@@ -27,14 +29,16 @@ def __getattr__(name):
         return getattr(importlib.import_module("robustagg.aggregators"), name)
     if name in _LAZY:
         return importlib.import_module(f"robustagg.{name}")
+    if name in _GRADIENT_NAMES:
+        return getattr(importlib.import_module("robustagg.gradients"), name)
     raise AttributeError(f"module 'robustagg' has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_AGGREGATOR_NAMES) | set(_LAZY))
+    return sorted(set(globals()) | set(_AGGREGATOR_NAMES) | set(_GRADIENT_NAMES) | set(_LAZY))
 
 
 __all__ = [
-    "Aggregator", "NonFiniteUpdateWarning", "Pipeline", "PreAggregator", "aggregators", "available",
-    "flatten", "get", "pipeline", "unflatten", "__version__",
+    "Aggregator", "NonFiniteUpdateWarning", "Pipeline", "PreAggregator", "aggregate_gradients", "aggregators",
+    "available", "flatten", "get", "pipeline", "stack_gradients", "unflatten", "__version__",
 ]

@@ -1,4 +1,4 @@
-"""Smoke tests of `make demo` (experiments/demo.py) and the training benchmark's writer."""
+"""Smoke test of the training benchmark's writer (`make demo` is tested in tests/test_demo.py)."""
 
 import importlib.util
 from pathlib import Path
@@ -21,21 +21,6 @@ def one_thread():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-def test_demo_writes_table_plot_and_resumes(tmp_path, capsys):
-    demo = load("demo")
-    args = ["--out", str(tmp_path), "--steps", "2", "--eval-every", "1", "--rules", "mean", "krum",
-            "--processes", "1", "--quiet", "--batch-size", "8"]
-    assert demo.main(args) == 0
-    out = capsys.readouterr().out
-    assert "| mean " in out and "| krum " in out and "Finished in" in out
-    assert (tmp_path / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
-    assert (tmp_path / "summary.csv").read_text().startswith("rule,final accuracy")
-    assert (tmp_path / "krum" / "checkpoint.pt").exists()
-    args[args.index("--steps") + 1] = "3"
-    assert demo.main(args) == 0  # one more step: continued, not redone
-    assert "continued from earlier checkpoints: mean (step 2), krum (step 2)" in capsys.readouterr().out
 
 
 def test_bench_writer_replaces_only_its_section(tmp_path):
