@@ -18,7 +18,7 @@ unit-normalised, one IRLS iteration, m = 8, output Y Y^T sum_i u_i / m (``flag``
 
 Scales (``SCALES``):
 
-* ``full`` (default, ~15 minutes on 2 idle cores): that recipe on CPU. ResNet-18 with the
+* ``full`` (default; 99 runs, about 9 minutes on 2 idle cores): that recipe on CPU. ResNet-18 with the
   torchvision layout (7x7 stride-2 stem + max-pool, BatchNorm) at width 8 (1/8 of 64) on
   mnist-5k (CIFAR-10 cannot be downloaded offline), batch 128, the reference optimiser,
   50 steps with the x0.2 decay every 12 steps (260/1,050 of the run, as in the reference),
