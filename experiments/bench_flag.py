@@ -1,10 +1,12 @@
-"""Flag Aggregator timings: the Gram-space solver against the literal SVD path and one Gram matrix.
+"""Flag Aggregator timings (the Gram-space solver against the SVD path and one Gram matrix) and
+its failure mechanism (what the subspace keeps of the random attack; ``--mechanism``).
 
 ``flag_benchmark_rows()`` is called by the benchmark suite (``make bench``); run this file
 alone for a table (``--quick`` for small sizes that take seconds)::
 
     python experiments/bench_flag.py --quick
     python experiments/bench_flag.py               # (15, 1.1e7) and (60, 1e6): minutes, GBs
+    python experiments/bench_flag.py --mechanism   # real gradients + 3 Byzantine rows: seconds
 
 Every time is the median over ``repeats`` calls after one warm-up call, in the same run as
 the floor it is divided by: ``ops.gram(X)`` (what the rule itself computes first) and the
@@ -129,6 +131,116 @@ def format_table(rows: List[Dict[str, object]]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------ failure mechanism
+
+#: the Byzantine rows measured: the authors' random attack, zero-mean noise, and a cluster of
+#: f rows sharing one zero-mean Gaussian direction (coherent, like U[0, 1), but not all-positive)
+ATTACKS = ("U[0,1)", "U[-1/2,1/2)", "cluster")
+MECHANISM_RULES = ("flag", "flag m=2", "nnm>flag", "bucketing>flag", "multi-krum")
+
+
+def honest_gradients(n: int = 12, batch: int = 128, seed: int = 0, width: int = 8) -> torch.Tensor:
+    """``(n, d)`` flat gradients of the recipe's model (ResNet-18, torchvision stem, BatchNorm, at its
+    seeded initialisation) on ``n`` disjoint mnist-5k batches of ``batch`` images."""
+    from robustagg import data, models
+
+    ds = data.load("mnist-5k")
+    net = models.build("resnet18", seed=seed, input_shape=ds.input_shape, num_classes=10, width=width,
+                       stem="imagenet")
+    order = torch.randperm(ds.X_train.shape[0], generator=torch.Generator().manual_seed(seed))
+    rows = []
+    for i in range(n):
+        idx = order[i * batch : (i + 1) * batch]
+        net.zero_grad()
+        torch.nn.functional.cross_entropy(net(ds.X_train[idx]), ds.y_train[idx]).backward()
+        rows.append(torch.cat([p.grad.flatten() for p in net.parameters()]))
+    return torch.stack(rows)
+
+
+def byzantine_rows(attack: str, f: int, d: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if attack == "U[0,1)":
+        return torch.rand(f, d, generator=g)
+    if attack == "U[-1/2,1/2)":
+        return torch.rand(f, d, generator=g) - 0.5
+    if attack == "cluster":
+        z = torch.randn(d, generator=g)
+        return z + 0.3 * torch.randn(f, d, generator=g)
+    raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+
+
+def _mechanism_rule(name: str, f: int):
+    import robustagg as ra
+
+    if name == "flag m=2":
+        return ra.get("flag", f=f, m=2, iters=1)
+    if name == "nnm>flag":
+        return ra.pipeline(ra.get("nnm", f=f), ra.get("flag", f=f, m=8, iters=1))
+    if name == "bucketing>flag":
+        return ra.pipeline(ra.get("bucketing", f=f, s=2, seed=0), ra.get("flag", f=f, m=4, iters=1))
+    if name == "multi-krum":
+        return ra.get("multi-krum", f=f, m=15 - f - 2)
+    return ra.get("flag", f=f, m=8, iters=1)
+
+
+def flag_mechanism_rows(f: int = 3, seeds: Sequence[int] = (0, 1, 2), H: torch.Tensor = None,
+                        attacks: Sequence[str] = ATTACKS, rules: Sequence[str] = MECHANISM_RULES
+                        ) -> List[Dict[str, object]]:
+    """What each rule keeps of ``f`` Byzantine rows added to ``n = 15 - f`` honest gradients.
+
+    Per (attack, rule), means over ``seeds`` (Byzantine draws) of: ``v_byz`` / ``v_honest`` (FA's
+    reconstruction ratios, plain FA only), ``cos_honest`` (cosine of the output with the honest
+    mean), ``byz_share`` (the output's component along the Byzantine rows' mean unit direction,
+    over the output's norm), ``byz_part`` (``|out - out(honest rows only)| / |out(honest rows
+    only)|``, what the Byzantine rows changed) and ``step_coherence`` (cosine between those changes
+    for two different draws: near 1 when every step is pushed the same way, as by U[0, 1) whose
+    mean direction is always the all-ones vector; near 0 for fresh zero-mean noise or a cluster
+    whose direction is redrawn; only meaningful where ``byz_part`` is not small).
+    """
+    H = honest_gradients(15 - f) if H is None else H
+    hbar = H.mean(dim=0)
+    rows = []
+    for attack in attacks:
+        for name in rules:
+            acc: Dict[str, List[float]] = {}
+            parts = []
+            for seed in seeds:
+                B = byzantine_rows(attack, f, H.shape[1], seed)
+                rule = _mechanism_rule(name, f)
+                out = rule(torch.cat([B, H]))
+                U = B / B.norm(dim=1, keepdim=True)
+                bdir = U.mean(dim=0) / U.mean(dim=0).norm()
+                clean = _mechanism_rule(name, f)(H)
+                parts.append(out - clean)
+                vals = {"cos_honest": float(torch.nn.functional.cosine_similarity(out, hbar, dim=0)),
+                        "byz_part": float((out - clean).norm() / clean.norm()),
+                        "byz_share": float((out @ bdir).abs() / out.norm())}
+                if name == "flag":
+                    v = rule.last["v"]
+                    vals.update(v_byz=float(v[:f].mean()), v_honest=float(v[f:].mean()))
+                for k, x in vals.items():
+                    acc.setdefault(k, []).append(x)
+            coh = [float(torch.nn.functional.cosine_similarity(parts[i], parts[i + 1], dim=0))
+                   for i in range(len(parts) - 1)]
+            rows.append({"attack": attack, "rule": name, "step_coherence": statistics.fmean(coh) if coh else None,
+                         **{k: statistics.fmean(x) for k, x in acc.items()}})
+    return rows
+
+
+def format_mechanism(rows: List[Dict[str, object]]) -> str:
+    def fmt(v):
+        return "" if v is None else f"{v:.3f}"
+
+    lines = ["| attack | rule | v Byzantine | v honest | cos(output, honest mean) | Byzantine share | "
+             "Byzantine change | step coherence |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['attack']} | {r['rule']} | {fmt(r.get('v_byz'))} | {fmt(r.get('v_honest'))} | "
+                     f"{fmt(r['cos_honest'])} | {fmt(r['byz_share'])} | {fmt(r['byz_part'])} | "
+                     f"{fmt(r['step_coherence']) if r['byz_part'] >= 0.01 else ''} |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (seconds on a laptop)")
@@ -138,9 +250,15 @@ def main(argv=None) -> None:
     parser.add_argument("--svd-max-gib", type=float, default=4.0)
     parser.add_argument("--svd-max-tflop", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    parser.add_argument("--mechanism", action="store_true", help="what FA and its remedies keep of 3 Byzantine rows")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.mechanism:
+        print("ResNet-18 (width 8, torchvision stem) gradients on 12 mnist-5k batches of 128 + 3 Byzantine rows; "
+              "means over 3 draws")
+        print(format_mechanism(flag_mechanism_rows()))
+        return
     sizes = QUICK_SIZES if args.quick else FULL_SIZES
     repeats = args.repeats or (3 if args.quick else 5)
     rows = flag_benchmark_rows(sizes=sizes, repeats=repeats, device=args.device, svd=not args.no_svd,

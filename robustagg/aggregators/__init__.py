@@ -9,6 +9,7 @@ from robustagg.aggregators.coordinate import MeaMed, Median, TrimmedMean
 from robustagg.aggregators.distance import Bulyan, Krum, MultiKrum
 from robustagg.aggregators.flag import FlagAggregator
 from robustagg.aggregators.geometric_median import GeometricMedian
+from robustagg.aggregators.phocas import Phocas
 from robustagg.aggregators.pipeline import Pipeline, pipeline
 from robustagg.aggregators.preaggregators import ARC, NNM, Bucketing, Clipping
 from robustagg.aggregators.registry import REGISTRY, available, get, register
@@ -16,7 +17,7 @@ from robustagg.aggregators.registry import REGISTRY, available, get, register
 __all__ = [
     "ARC", "Aggregator", "Bucketing", "Bulyan", "CenteredClipping", "Clipping", "FlagAggregator",
     "GeometricMedian",
-    "Krum", "Mean", "MeaMed", "Median", "MultiKrum", "NNM", "NonFiniteUpdateWarning", "Pipeline",
+    "Krum", "Mean", "MeaMed", "Median", "MultiKrum", "NNM", "NonFiniteUpdateWarning", "Phocas", "Pipeline",
     "PreAggregator", "REGISTRY", "TrimmedMean", "as_matrix", "available", "flatten", "get", "ops",
     "pipeline", "register", "unflatten",
 ]

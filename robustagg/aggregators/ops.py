@@ -258,3 +258,22 @@ def scale_rows(X: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
 def clip_rows(X: torch.Tensor, c: float, norms: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Scale each row to norm at most ``c``: ``x_i * min(1, c / ||x_i||)`` (a new tensor)."""
     return scale_rows(X, clip_scales(row_norms(X) if norms is None else norms, c))
+
+
+def coordinate_mean_nearest(X: torch.Tensor, centre: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean of the ``k`` values of each column nearest to ``centre`` (one value per column).
+
+    The ``k`` nearest values of a column are ``k`` consecutive sorted values: the window whose
+    farther end is closest to the centre; on equal distances the window of smaller values
+    wins. One sort and an ``(n, d)`` mask: no loop over coordinates or windows."""
+    n = X.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, n={n}], got {k}")
+    S = torch.sort(X, dim=0).values
+    c = centre.to(dtype=S.dtype, device=S.device)
+    cost = torch.maximum(c - S[: n - k + 1], S[k - 1 :] - c)  # (n - k + 1, d): window starting at row s
+    start = torch.argmin(cost, dim=0)  # the first (lowest) window on ties
+    rows = torch.arange(n, device=S.device)[:, None]
+    mask = (rows >= start) & (rows < start + k)
+    acc = accumulation_dtype(S.dtype)
+    return ((S.to(acc) * mask).sum(dim=0) / k).to(S.dtype)
