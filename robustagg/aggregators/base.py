@@ -158,7 +158,7 @@ class Aggregator(ParamsRepr):
         """Drop the rows no rule can use; one pass over ``X`` (or none past the Gram matrix)."""
         G = None
         if self.uses_gram:
-            G = self._sum_over_shards(ops.gram(X))
+            G = self._gram_over_shards(ops.gram(X))
             # rows whose squared norm is not finite, or so large that |x|^2 + |y|^2 - 2 x.y
             # overflows (inf - inf = NaN), cannot enter distances; NaN fails the comparison too
             bad = torch.nonzero(~(torch.diagonal(G) <= torch.finfo(G.dtype).max / 4)).flatten()
@@ -202,12 +202,20 @@ class Aggregator(ParamsRepr):
 
     def _statistic(self, X: torch.Tensor, G: Optional[torch.Tensor]) -> Any:
         """The summary of the whole input the decision needs: ``(D, G)`` for distance rules."""
-        return ops.sq_distances(X, G, reduce=self._sum_over_shards) if self.uses_gram else None
+        return ops.sq_distances(X, G, reduce=self._gram_over_shards) if self.uses_gram else None
 
     # -- coordinate shards: identity in one process --------------------------------
     def _sum_over_shards(self, partial: torch.Tensor) -> torch.Tensor:
         """A sum over coordinates (a Gram matrix, squared norms) completed over every shard."""
         return partial if self._shards is None else self._shards.sum(partial)
+
+    def _gram_over_shards(self, partial: torch.Tensor) -> torch.Tensor:
+        """A Gram matrix completed over every shard, exactly symmetric again (an all-reduce may
+        sum ``G_ij`` and ``G_ji`` in different orders; exact ties need ``D_ij == D_ji``)."""
+        if self._shards is None:
+            return partial
+        G = self._shards.sum(partial)
+        return (G + G.T) * 0.5
 
     def _all_over_shards(self, flag: bool) -> bool:
         """Whether ``flag`` holds on every shard."""
