@@ -1,4 +1,4 @@
-"""One rank of the multi-process collective tests (run by tests/test_collective*.py, not by pytest).
+"""One rank of the multi-process collective tests, and :func:`launch`, which starts them.
 
 ``python tests/collective_worker.py OUT_DIR PHASES`` with RANK, WORLD_SIZE, MASTER_ADDR and
 MASTER_PORT set; saves what each phase returned to ``OUT_DIR/rank<r>.pt``. The inputs come
@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import datetime
 import os
+import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -154,6 +157,15 @@ def run_hooks(rank: int, world: int):
     return out
 
 
+def run_nan_rank(rank: int, world: int):
+    """The last rank sends NaN: the mean (f=1) of the others, on every rank."""
+    row = torch.full((5,), float(rank + 1))
+    rule = ra.get("mean", f=1)
+    sent = torch.full((5,), float("nan")) if rank == world - 1 else row
+    out = robust_all_reduce(sent, rule)
+    return {"row": row, "out": out, "dropped": rule.dropped, "kept": rule.kept}
+
+
 def run_hang(rank: int, world: int):
     """The last rank stops answering; the others must get a CollectiveError within the timeout."""
     if rank == world - 1:
@@ -167,6 +179,31 @@ def run_hang(rank: int, world: int):
         return {"error": str(exc), "seconds": time.perf_counter() - start}
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(world: int, phases: str, tmp: Path, timeout: float = 150):
+    """Run the worker in ``world`` processes; return each rank's saved results."""
+    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
+               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(tmp), phases],
+                              env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for r in range(world)]
+    try:
+        logs = [p.communicate(timeout=timeout)[0].decode(errors="replace") for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for r, p in enumerate(procs):
+        assert p.returncode == 0, f"rank {r} failed:\n{logs[r][-3000:]}"
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
 def main() -> None:
     out_dir, phases = sys.argv[1], sys.argv[2].split(",")
     torch.set_num_threads(1)
@@ -175,7 +212,7 @@ def main() -> None:
     results = {}
     for phase in phases:
         results[phase] = {"cases": run_cases, "some": lambda r, w: run_cases(r, w, SOME), "hooks": run_hooks,
-                           "hang": run_hang}[phase](rank, world)
+                           "nanrank": run_nan_rank, "hang": run_hang}[phase](rank, world)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     if "hang" in phases:
         os._exit(0)  # the group is broken: skip the shutdown handshake

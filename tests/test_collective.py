@@ -9,21 +9,16 @@ and saves what each rank got); the tests below compare.
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
 import collective_worker as cw
+from collective_worker import launch
 import robustagg as ra
 from robustagg.collective import robust_all_reduce, shard_bounds
 
-ROOT = Path(__file__).resolve().parents[1]
 RTOL = 1e-6  # float32 aggregates: ||got - ref|| <= RTOL ||ref|| (and entries of ``last`` to RTOL of their scale)
 # ``last``'s diagnostics (scores, weights) come from a Gram matrix summed over shards in another
 # order; some amplify that rounding (flag's IRLS weights (1 - v + eps)^(-1/2) at v ~ 1 by ~100x):
@@ -33,30 +28,6 @@ LAST_RTOL = 1e-4
 # single-process float32 result is itself 6.0e-7 (relative) from the float64 one, the collective
 # 4.9e-7, and the two 1.05e-6 apart. Its outputs are compared to 2e-6.
 FLAG_RTOL = 2e-6
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(world: int, phases: str, tmp: Path, timeout: float = 150):
-    """Run the worker in ``world`` processes; return each rank's saved results."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
-               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), OMP_NUM_THREADS="1")
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "tests" / "collective_worker.py"), str(tmp), phases],
-                              env=dict(env, RANK=str(r)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-             for r in range(world)]
-    try:
-        logs = [p.communicate(timeout=timeout)[0].decode(errors="replace") for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for r, p in enumerate(procs):
-        assert p.returncode == 0, f"rank {r} failed:\n{logs[r][-3000:]}"
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
 
 
 @pytest.fixture(scope="module")
