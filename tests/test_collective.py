@@ -124,7 +124,8 @@ def test_ddp_hook_and_robust_step(world3, kind):
 
 
 def test_shard_bounds():
-    assert shard_bounds(10, 3) == [0, 4, 7, 10]
+    assert shard_bounds(10, 3) == [0, 4, 8, 10]
+    assert shard_bounds(9, 3) == [0, 3, 6, 9]
     assert shard_bounds(2, 4) == [0, 1, 2, 2, 2]
 
 

@@ -43,17 +43,15 @@ class CollectiveError(RuntimeError):
 def shard_bounds(d: int, world: int) -> List[int]:
     """Column offsets of the ``world`` shards of ``d`` coordinates (``world + 1`` numbers).
 
-    The first ``d % world`` shards hold one coordinate more; shards may be empty when
-    ``d < world``.
+    Every shard holds ``ceil(d / world)`` coordinates but the last ones, which hold what is
+    left (possibly nothing): the gathered shards, each padded to the common width, then
+    start with the whole vector, which needs no copy.
 
     >>> shard_bounds(10, 4)
-    [0, 3, 6, 8, 10]
+    [0, 3, 6, 9, 10]
     """
-    base, extra = divmod(d, world)
-    bounds = [0]
-    for r in range(world):
-        bounds.append(bounds[-1] + base + (1 if r < extra else 0))
-    return bounds
+    width = -(-d // world)
+    return [min(r * width, d) for r in range(world + 1)]
 
 
 class ShardComm:
@@ -76,6 +74,7 @@ class ShardComm:
         self.group, self.offset, self.total = group, offset, total
         self.device, self.timeout = device, timeout
         self.bytes_sent = 0  # what this rank sent in the all-reduces (ring estimate: 2 (w-1)/w)
+        self.floats = 0  # the values all-reduced
 
     def _wait(self, work, what: str) -> None:
         _wait(work, what, self.timeout)
@@ -85,6 +84,7 @@ class ShardComm:
         t = partial.detach().to(self.device).contiguous().clone()
         world = dist.get_world_size(self.group)
         self.bytes_sent += 2 * (world - 1) * t.numel() * t.element_size() // world
+        self.floats += t.numel()
         self._wait(dist.all_reduce(t, group=self.group, async_op=True), "all_reduce of a statistic")
         return t.to(partial.device)
 
@@ -142,7 +142,11 @@ def _exchange(X: torch.Tensor, counts: List[int], bounds: List[int], rank: int, 
     k = X.shape[0]
     widths = [bounds[j + 1] - bounds[j] for j in range(world)]
     # pack our rows shard by shard: [X[:, shard_0] | X[:, shard_1] | ...], each block row-major
-    send = torch.cat([X[:, bounds[j]:bounds[j + 1]].reshape(-1) for j in range(world)]) if k else X.new_empty(0)
+    # (one row is already laid out so: no copy)
+    if k <= 1:
+        send = X.reshape(-1)
+    else:
+        send = torch.cat([X[:, bounds[j]:bounds[j + 1]].reshape(-1) for j in range(world)])
     mine = widths[rank]
     recv = X.new_empty(sum(counts) * mine)
     work = dist.all_to_all_single(recv, send.contiguous(), output_split_sizes=[c * mine for c in counts],
@@ -167,8 +171,15 @@ def _gather(out: Optional[torch.Tensor], failure: Optional[BaseException], bound
     if status[0] > 0:
         raise CollectiveError("robust_all_reduce: the rule raised on another rank only; see that rank's error")
     widest = max(bounds[j + 1] - bounds[j] for j in range(world))
-    lead = out.shape[:-1]
-    padded = out.new_zeros(lead + (widest,))
+    d = bounds[-1]
+    if out.dim() == 1:  # shards of equal width but the last ones: the padded gather starts with the result
+        full = out.new_empty(world * widest)
+        mine = out if out.shape[0] == widest else torch.cat([out, out.new_zeros(widest - out.shape[0])])
+        gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.12
+        work = gather_into(full, mine.contiguous(), group=group, async_op=True)
+        _wait(work, "all_gather of the aggregate", timeout)
+        return full[:d]
+    padded = out.new_zeros(out.shape[:-1] + (widest,))
     padded[..., : out.shape[-1]] = out
     parts = [torch.empty_like(padded) for _ in range(world)]
     _wait(dist.all_gather(parts, padded, group=group, async_op=True), "all_gather of the aggregate", timeout)
@@ -176,7 +187,7 @@ def _gather(out: Optional[torch.Tensor], failure: Optional[BaseException], bound
 
 
 def robust_all_reduce(tensor: torch.Tensor, rule: Aggregator, group=None,
-                      timeout: Optional[datetime.timedelta] = None) -> torch.Tensor:
+                      timeout: Optional[datetime.timedelta] = None, stats: Optional[dict] = None) -> torch.Tensor:
     """The robust aggregate of every rank's update(s), on every rank.
 
     Parameters
@@ -194,6 +205,10 @@ def robust_all_reduce(tensor: torch.Tensor, rule: Aggregator, group=None,
     timeout : datetime.timedelta, optional
         How long each collective step may wait for the other ranks before raising
         :class:`CollectiveError` (default: the process group's own timeout).
+    stats : dict, optional
+        Filled with ``"bytes_sent"``: the bytes this rank sent to other ranks (the all-to-all's
+        payload exactly; ring algorithms assumed for the all-reduces and all-gathers), and
+        ``"statistic_floats"``: the values it all-reduced for the rule's statistics.
 
     Returns
     -------
@@ -252,6 +267,15 @@ def robust_all_reduce(tensor: torch.Tensor, rule: Aggregator, group=None,
         raise failure
     # 4. the whole aggregate on every rank
     full = _gather(out, failure, bounds, group, timeout, shard.dtype, device)
+    if stats is not None:
+        size = X.element_size()
+        widest = max(bounds[j + 1] - bounds[j] for j in range(world))
+        stats["bytes_sent"] = (
+            X.shape[0] * (d - (bounds[rank + 1] - bounds[rank])) * size  # all_to_all: our rows, others' shards
+            + (world - 1) * (full.numel() // max(d, 1)) * widest * size  # all_gather of the output (ring)
+            + comm.bytes_sent + (world - 1) * 3 * 8 + 2 * (world - 1) * 16 // world  # statistics; shapes, status
+        )
+        stats["statistic_floats"] = comm.floats
     _final(rule)._gathered(full)
     return full.to(tensor.dtype) if tensor.dtype.is_floating_point else full
 
