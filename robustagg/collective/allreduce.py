@@ -116,8 +116,9 @@ def _wait(work, what: str, timeout: Optional[datetime.timedelta]) -> None:
 def _leaves(rule: Aggregator):
     """``rule`` and, for a pipeline, every stage (recursively)."""
     yield rule
-    for stage in getattr(rule, "stages", ()) if isinstance(rule, Pipeline) else ():
-        yield from _leaves(stage)
+    if isinstance(rule, Pipeline):
+        for stage in rule.stages:
+            yield from _leaves(stage)
 
 
 def _final(rule: Aggregator) -> Aggregator:
@@ -126,13 +127,13 @@ def _final(rule: Aggregator) -> Aggregator:
     return rule
 
 
-def _as_rows(tensor: Any) -> Tuple[torch.Tensor, bool]:
+def _as_rows(tensor: Any) -> torch.Tensor:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"robust_all_reduce: tensor must be a torch.Tensor, got {type(tensor).__name__}")
     if tensor.dim() == 1:
-        return tensor[None, :], True
+        return tensor[None, :]
     if tensor.dim() == 2:
-        return tensor, False
+        return tensor
     raise ValueError(f"robust_all_reduce: tensor must have shape (d,) or (k, d), got {tuple(tensor.shape)}")
 
 
@@ -228,7 +229,7 @@ def robust_all_reduce(tensor: torch.Tensor, rule: Aggregator, group=None,
         raise TypeError(f"robust_all_reduce: rule must be a robustagg rule (ra.get(...)), got {type(rule).__name__}")
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("robust_all_reduce needs torch.distributed initialised (dist.init_process_group)")
-    X, _ = _as_rows(tensor)
+    X = _as_rows(tensor)
     if not X.dtype.is_floating_point:
         X = X.to(torch.get_default_dtype())
     world, rank = dist.get_world_size(group), dist.get_rank(group)
