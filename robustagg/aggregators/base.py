@@ -14,6 +14,8 @@ shape does not fit (coordinate-wise ones, iterative ones) override ``_aggregate`
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from typing import Any, Dict, Optional, Tuple
 
@@ -178,7 +180,7 @@ class Aggregator(ParamsRepr):
             warnings.warn(
                 f"{self._label}: dropped {b} non-finite update(s) (rows {bad.tolist()}), counted against f",
                 NonFiniteUpdateWarning,
-                stacklevel=4,
+                stacklevel=_caller_level(),
             )
             self._warned = True
         keep = torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
@@ -283,6 +285,17 @@ class PreAggregator(Aggregator):
 
     def transform(self, X: torch.Tensor) -> torch.Tensor:
         return self.aggregate(X)
+
+
+def _caller_level() -> int:
+    """``stacklevel`` that points a warning raised in this package at the user's line."""
+    frame, level = sys._getframe(2), 2  # the frame that called the warning's caller
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
 def _check_keys(rule: Aggregator, state: Any, keys) -> None:

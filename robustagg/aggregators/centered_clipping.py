@@ -55,7 +55,9 @@ class CenteredClipping(Aggregator):
         _check_keys(self, state, ("center",))
         center = state["center"]
         if center is not None and not isinstance(center, torch.Tensor):
-            raise TypeError(f"centered-clipping: the state's center must be a tensor or None, got {type(center).__name__}")
+            raise TypeError(
+                f"centered-clipping: the state's center must be a tensor or None, got {type(center).__name__}"
+            )
         self.center = None if center is None else center.detach().clone()
 
     def _aggregate(self, X, f, G):
@@ -73,7 +75,8 @@ class CenteredClipping(Aggregator):
         for _ in range(self.iters):
             dist = self._sum_over_shards(ops.sq_distances_to(X, v)).sqrt().to(ops.accumulation_dtype(X.dtype))
             scale = torch.clamp(self.tau / dist.clamp_min(torch.finfo(X.dtype).tiny), max=1.0)
-            v = v * (1 - scale.sum() / n) + ops.combine_rows(scale / n, X)
+            # sum, then divide: with no row clipped this is exactly the mean
+            v = v * (1 - scale.sum() / n) + ops.combine_rows(scale, X) / n
         self.center = v.detach().clone()  # a shard of it in a collective, until _gathered
         return v
 

@@ -4,12 +4,20 @@
 that gives an output vector (``(d,)``) or matrix (``(n', d)``) the type of the
 input: numpy in -> numpy out, tensors in -> tensor on the same device and
 float dtype, state dicts in -> a state dict (or a list of them).
+
+Non-float entries of state dicts (integer or bool buffers such as BatchNorm's
+``num_batches_tracked``) enter the rule's input like any other coordinate, but the
+output does not take them from the rule: each is the coordinate-wise median of the
+inputs' values (for an even count the mean of the two middle ones, rounded half to
+even), in the entry's dtype. So a
+rule whose output is not on the model's scale (the Flag Aggregator's default) does not
+rescale a step counter, and one Byzantine input cannot move it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -104,12 +112,41 @@ def _flatten_dict(sd: Mapping, layout, where: str) -> torch.Tensor:
     return torch.cat([p.to(dtype) for p in parts])
 
 
-def _unflatten_dict(vector: torch.Tensor, layout) -> dict:
+def _is_float(template: Any) -> bool:
+    if isinstance(template, torch.Tensor):
+        return template.dtype.is_floating_point
+    return np.asarray(template).dtype.kind == "f"
+
+
+def _nonfloat_medians(dicts: Sequence[Mapping], layout) -> dict:
+    """Per non-float key (integer/bool buffers such as BatchNorm's ``num_batches_tracked``), the
+    coordinate-wise median of the inputs' values (for an even count the mean of the two middle
+    ones, rounded half to even)."""
+    out = {}
+    for key, shape, template in layout:
+        if _is_float(template):
+            continue
+        values = torch.stack([torch.as_tensor(np.asarray(sd[key]) if not isinstance(sd[key], torch.Tensor)
+                                              else sd[key]).reshape(-1).to(torch.int64) for sd in dicts])
+        ordered, n = values.sort(dim=0).values.to(torch.float64), values.shape[0]
+        middle = (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
+        out[key] = torch.round(middle).to(torch.int64).reshape(shape)  # halves to even
+    return out
+
+
+def _unflatten_dict(vector: torch.Tensor, layout, fixed: Optional[dict] = None) -> dict:
     out, offset = {}, 0
     for key, shape, template in layout:
         size = int(np.prod(shape)) if shape else 1
         chunk = vector[offset : offset + size].reshape(shape)
         offset += size
+        if fixed is not None and key in fixed:  # not the rule's: the inputs' median, in the key's type
+            value = fixed[key]
+            if isinstance(template, torch.Tensor):
+                out[key] = value.to(device=template.device, dtype=template.dtype)
+            else:
+                out[key] = value.cpu().numpy().astype(np.asarray(template).dtype)
+            continue
         if isinstance(template, np.ndarray) or not isinstance(template, torch.Tensor):
             arr = chunk.detach().cpu().numpy()
             tdtype = np.asarray(template).dtype
@@ -158,9 +195,10 @@ def as_matrix(updates: Any) -> Tuple[torch.Tensor, Restore]:
         X = _stack(rows)
 
         def restore_dict(out: torch.Tensor) -> Any:
+            fixed = _nonfloat_medians(updates, layout)
             if out.dim() == 1:
-                return _unflatten_dict(out, layout)
-            return [_unflatten_dict(row, layout) for row in out]
+                return _unflatten_dict(out, layout, fixed)
+            return [_unflatten_dict(row, layout, fixed) for row in out]
 
         return X, restore_dict
     if any(isinstance(u, Mapping) for u in updates):

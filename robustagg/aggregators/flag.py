@@ -38,7 +38,13 @@ class FlagAggregator(Aggregator):
     :math:`E(Y) = \sum_i \sqrt{\max(0, 1 - v_i)}`). The aggregate is
 
     .. math:: \text{output="reference"}:\; \frac1m Y Y^\top \sum_i u_i, \qquad
-              \text{output="paper"}:\; \frac1p Y Y^\top \sum_i g_i .
+              \text{output="raw"}:\; \frac1p Y Y^\top \sum_i g_i .
+
+    The default output is on another scale than the inputs (norm at most ``p / m``, about 2,
+    whatever the inputs' norms): a direction, to be rescaled before it replaces a mean.
+    ``"raw"`` (the paper's text; no code path of the authors uses it; formerly ``"paper"``,
+    still accepted with a ``FutureWarning``) keeps the inputs' scale but is **not robust to
+    scale**: rows of 1e20 pass into the output and a ``-50 mu`` attack flips its direction.
 
     Every iteration runs in the ``p x p`` Gram space of the unit vectors (``solver="gram"``):
     the data is read for the Gram matrix, once more for ``init="random"`` (the reference's
@@ -56,7 +62,8 @@ class FlagAggregator(Aggregator):
     lam : float
         Weight of the pairwise-difference terms (0: the paper's experiments).
     iters : int
-        Maximum IRLS iterations (paper: 5; the reference code's aggregator hard-codes fewer).
+        Maximum IRLS iterations (paper: 5; the authors' trained aggregator runs 1, which
+        ``iters=1`` reproduces; ``docs/flag.md`` measures the difference).
     tol : float
         Stop when an iteration lowers :math:`E` by ``<= tol``; do not iterate when ``E <= tol``.
     eps : float
@@ -69,7 +76,7 @@ class FlagAggregator(Aggregator):
         unit vectors for ``lam = 0``). Not the reference code's ``init='data'`` (one input).
     seed : int
         Seed of ``init="random"``.
-    output : "reference" or "paper"
+    output : "reference" or "raw"
     solver : "gram" or "svd"
 
     After a call, ``last`` holds (per input, in the caller's numbering; ``nan`` for dropped
@@ -83,7 +90,7 @@ class FlagAggregator(Aggregator):
 
     References
     ----------
-    Almasi, Mishra, Vepakomma, Raskar, Kocabas, "Flag Aggregator: Scalable Distributed
+    Almasi, Mishra, Vamanan, Ravi, "Flag Aggregator: Scalable Distributed
     Training under Failures and Augmented Losses using Convex Optimization", ICLR 2024.
     Mankovich, King, Peterson, Kirby, "The Flag Median and FlagIRLS", CVPR 2022.
     """

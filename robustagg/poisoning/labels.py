@@ -13,8 +13,14 @@ from robustagg.poisoning._arrays import check_labels, choose, copy_samples, coun
 def _label_map(y: np.ndarray, num_classes: Optional[int],
                mapping: Union[None, Mapping[int, int], Sequence[int]]) -> np.ndarray:
     """The flipped label of every sample."""
-    if num_classes is None:
+    if isinstance(mapping, Mapping):
+        mapping = {check_int(k, "mapping key"): check_int(v, "mapping value") for k, v in mapping.items()}
+    if num_classes is None:  # the classes the labels and the mapping name
         C = int(y.max()) + 1 if y.size else 0
+        if isinstance(mapping, Mapping) and mapping:
+            C = max(C, 1 + max(max(src, dst) for src, dst in mapping.items()))
+        elif mapping is not None and not isinstance(mapping, Mapping):
+            C = max(C, len(mapping))
     else:
         C = check_int(num_classes, "num_classes", minimum=1)
     if y.size and (y.min() < 0 or y.max() >= C):
@@ -24,7 +30,6 @@ def _label_map(y: np.ndarray, num_classes: Optional[int],
     if isinstance(mapping, Mapping):
         table = np.arange(C, dtype=np.int64)
         for src, dst in mapping.items():
-            src, dst = check_int(src, "mapping key"), check_int(dst, "mapping value")
             if not (0 <= src < C and 0 <= dst < C):
                 raise ValueError(f"mapping {src} -> {dst} leaves the classes [0, {C})")
             table[src] = dst
@@ -44,7 +49,8 @@ def label_flip(X: Any, y: Any, *, fraction: float = 1.0, num_classes: Optional[i
 
     .. math:: y \mapsto C - 1 - y \quad\text{(default)}, \qquad\text{or}\qquad y \mapsto \pi(y)
 
-    with ``C = num_classes`` (inferred as ``max(y) + 1`` when not given) and :math:`\pi` a
+    with ``C = num_classes`` (when not given: one more than the largest label in ``y`` or in
+    ``mapping``, or the length of a sequence ``mapping``) and :math:`\pi` a
     ``mapping`` (a dict ``{source: target}``, unlisted labels unchanged, or a length-``C``
     sequence). The candidates are the ``N_c`` samples whose label the map changes (all of
     them for ``C - 1 - y`` with even ``C``); exactly :math:`k = \lfloor \mathrm{fraction}
