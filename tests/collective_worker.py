@@ -166,6 +166,20 @@ def run_nan_rank(rank: int, world: int):
     return {"row": row, "out": out, "dropped": rule.dropped, "kept": rule.kept}
 
 
+def run_mismatch(rank: int, world: int):
+    """Rank 0 passes another d, then another rule: a ValueError on every rank, and the group
+    stays usable (no collective went astray)."""
+    errors = []
+    for tensor, rule in ((torch.ones(5 if rank == 0 else 4), ra.get("median")),
+                         (torch.ones(4), ra.get("trimmed-mean", f=1 if rank == 0 else 0))):
+        try:
+            robust_all_reduce(tensor, rule)
+            errors.append(None)
+        except ValueError as exc:
+            errors.append(str(exc))
+    return {"errors": errors, "after": robust_all_reduce(torch.full((3,), float(rank)), ra.get("median"))}
+
+
 def run_hang(rank: int, world: int):
     """The last rank stops answering; the others must get a CollectiveError within the timeout."""
     if rank == world - 1:
@@ -212,7 +226,7 @@ def main() -> None:
     results = {}
     for phase in phases:
         results[phase] = {"cases": run_cases, "some": lambda r, w: run_cases(r, w, SOME), "hooks": run_hooks,
-                           "nanrank": run_nan_rank, "hang": run_hang}[phase](rank, world)
+                           "nanrank": run_nan_rank, "mismatch": run_mismatch, "hang": run_hang}[phase](rank, world)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     if "hang" in phases:
         os._exit(0)  # the group is broken: skip the shutdown handshake

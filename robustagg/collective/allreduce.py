@@ -25,6 +25,7 @@ all-reduce of ``d`` values. See docs/collective.md.
 from __future__ import annotations
 
 import datetime
+import zlib
 from typing import Any, List, Optional, Tuple
 
 import torch
@@ -234,9 +235,10 @@ def robust_all_reduce(tensor: torch.Tensor, rule: Aggregator, group=None,
         X = X.to(torch.get_default_dtype())
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     device = X.device
-    # 1. every rank's (k, d, dtype code): uneven k is fine, mismatched d or dtype is an error on all ranks
-    code = torch.tensor([X.shape[0], X.shape[1], _DTYPES.index(X.dtype) if X.dtype in _DTYPES else -1],
-                        dtype=torch.int64, device=device)
+    # 1. every rank's (k, d, dtype, rule): uneven k is fine; a mismatched d, dtype or rule (its
+    # parameters) is an error on every rank, before the ranks' collectives could diverge
+    code = torch.tensor([X.shape[0], X.shape[1], _DTYPES.index(X.dtype) if X.dtype in _DTYPES else -1,
+                         zlib.crc32(repr(rule).encode())], dtype=torch.int64, device=device)
     shapes = [torch.empty_like(code) for _ in range(world)]
     _wait(dist.all_gather(shapes, code, group=group, async_op=True), "all_gather of the update shapes", timeout)
     shapes = [s.tolist() for s in shapes]
@@ -245,6 +247,10 @@ def robust_all_reduce(tensor: torch.Tensor, rule: Aggregator, group=None,
             "robust_all_reduce: every rank must pass updates of one size and dtype, got (k, d, dtype) = "
             + ", ".join(f"rank {r}: ({s[0]}, {s[1]}, {_dtype_name(s[2])})" for r, s in enumerate(shapes))
         )
+    if len({s[3] for s in shapes}) > 1:
+        differ = [r for r, s in enumerate(shapes) if s[3] != shapes[0][3]]
+        raise ValueError(f"robust_all_reduce: rank(s) {differ} pass another rule than rank 0 (rank {rank} passes "
+                         f"{rule!r}); every rank must build the same rule with the same parameters")
     counts, d = [s[0] for s in shapes], X.shape[1]
     if sum(counts) == 0:
         raise ValueError("robust_all_reduce: got no updates (every rank passed k = 0 rows)")
