@@ -80,6 +80,10 @@ class Aggregator(ParamsRepr):
     #: checked when the output is not finite: one pass over the input instead of two).
     nonfinite_shows_in_output: bool = False
     _parameter_constraints: Dict[str, Any] = {"f": Integer(minimum=0)}
+    #: set by :mod:`robustagg.collective` while the rule runs on one shard of coordinates
+    #: (columns) of the inputs; ``None`` in one process, where the ``_*_over_shards`` hooks
+    #: are the identity. See "How a rule decomposes" in docs/collective.md.
+    _shards: Any = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -122,7 +126,7 @@ class Aggregator(ParamsRepr):
             # a rule whose output is non-finite wherever an input is (a plain sum): compute it
             # first and check the d outputs instead of the n x d inputs; redo it otherwise
             out = self._aggregate(X, f, None)
-            if ops.all_finite(out):
+            if self._all_over_shards(ops.all_finite(out)):
                 self.kept, self.dropped = None, 0
                 return out
         X, f, G = self._clean(X, f)
@@ -156,12 +160,12 @@ class Aggregator(ParamsRepr):
         """Drop the rows no rule can use; one pass over ``X`` (or none past the Gram matrix)."""
         G = None
         if self.uses_gram:
-            G = ops.gram(X)
+            G = self._gram_over_shards(ops.gram(X))
             # rows whose squared norm is not finite, or so large that |x|^2 + |y|^2 - 2 x.y
             # overflows (inf - inf = NaN), cannot enter distances; NaN fails the comparison too
             bad = torch.nonzero(~(torch.diagonal(G) <= torch.finfo(G.dtype).max / 4)).flatten()
         else:
-            bad = ops.nonfinite_rows(X)
+            bad = self._rows_over_shards(ops.nonfinite_rows(X), X.shape[0])
         self.kept, self.dropped = None, 0
         b = int(bad.numel())
         if b == 0:
@@ -200,7 +204,43 @@ class Aggregator(ParamsRepr):
 
     def _statistic(self, X: torch.Tensor, G: Optional[torch.Tensor]) -> Any:
         """The summary of the whole input the decision needs: ``(D, G)`` for distance rules."""
-        return ops.sq_distances(X, G) if self.uses_gram else None
+        return ops.sq_distances(X, G, reduce=self._gram_over_shards) if self.uses_gram else None
+
+    # -- coordinate shards: identity in one process --------------------------------
+    def _sum_over_shards(self, partial: torch.Tensor) -> torch.Tensor:
+        """A sum over coordinates (a Gram matrix, squared norms) completed over every shard."""
+        return partial if self._shards is None else self._shards.sum(partial)
+
+    def _gram_over_shards(self, partial: torch.Tensor) -> torch.Tensor:
+        """A Gram matrix completed over every shard, exactly symmetric again (an all-reduce may
+        sum ``G_ij`` and ``G_ji`` in different orders; exact ties need ``D_ij == D_ji``)."""
+        if self._shards is None:
+            return partial
+        G = self._shards.sum(partial)
+        return (G + G.T) * 0.5
+
+    def _all_over_shards(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every shard."""
+        return flag if self._shards is None else self._shards.all(flag)
+
+    def _rows_over_shards(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """The union over shards of the row indices ``rows`` (sorted)."""
+        return rows if self._shards is None else self._shards.union(rows, n)
+
+    def _columns(self, d: int) -> Tuple[int, int]:
+        """``(offset, total)``: where this call's ``d`` columns start among all ``total``."""
+        return (0, d) if self._shards is None else (self._shards.offset, self._shards.total)
+
+    def _row_norms(self, X: torch.Tensor) -> torch.Tensor:
+        """Euclidean row norms over every shard (squares summed in float64 across shards)."""
+        if self._shards is None:
+            return ops.row_norms(X)
+        sq = ops.row_norms(X).to(torch.float64) ** 2
+        return self._shards.sum(sq).sqrt().to(ops.accumulation_dtype(X.dtype))
+
+    def _gathered(self, out: torch.Tensor) -> None:
+        """Called by the collective with the whole output of a sharded call; rules whose state
+        is their output (centered clipping) store it here."""
 
     def _decide(self, statistic: Any, f: int) -> Any:
         """The decision, from the statistic alone (the same on every coordinate shard)."""

@@ -62,19 +62,23 @@ class CenteredClipping(Aggregator):
 
     def _aggregate(self, X, f, G):
         n, d = X.shape
+        offset, total = self._columns(d)
         if self.center is None:
             v = torch.zeros(d, dtype=X.dtype, device=X.device)
         else:
-            if self.center.numel() != d:
+            if self.center.numel() != total:
                 raise ValueError(
                     f"centered-clipping keeps a centre of size {self.center.numel()} from its last call, "
-                    f"got updates of size {d}; call reset() to start over"
+                    f"got updates of size {total}; call reset() to start over"
                 )
-            v = self.center.to(dtype=X.dtype, device=X.device)
+            v = self.center[offset : offset + d].to(dtype=X.dtype, device=X.device)
         for _ in range(self.iters):
-            dist = ops.distances_to(X, v)
+            dist = self._sum_over_shards(ops.sq_distances_to(X, v)).sqrt().to(ops.accumulation_dtype(X.dtype))
             scale = torch.clamp(self.tau / dist.clamp_min(torch.finfo(X.dtype).tiny), max=1.0)
             # sum, then divide: with no row clipped this is exactly the mean
             v = v * (1 - scale.sum() / n) + ops.combine_rows(scale, X) / n
-        self.center = v.detach().clone()
+        self.center = v.detach().clone()  # a shard of it in a collective, until _gathered
         return v
+
+    def _gathered(self, out):
+        self.center = out.detach().clone()

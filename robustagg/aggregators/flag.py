@@ -170,7 +170,7 @@ class FlagAggregator(Aggregator):
 
     def _aggregate(self, X, f, G):
         p, d = X.shape
-        m = self._dimension(p, d)
+        m = self._dimension(p, self._columns(d)[1])
         G64 = G.detach().to("cpu", torch.float64)
         sq = torch.diagonal(G64).clone()
         zero = sq <= 0
@@ -179,6 +179,8 @@ class FlagAggregator(Aggregator):
         b = torch.ones(p, dtype=torch.float64) / m if self.output == "reference" else norms / p
         b = torch.where(zero, torch.zeros_like(b), b)  # u_i = 0 adds nothing to Y Y^T U b
         if self.solver == "svd":
+            if self._shards is not None:
+                raise ValueError('flag: solver="svd" needs every coordinate in one process; use solver="gram"')
             out, v, extra = self._svd(X, inv, m, b)
         else:
             out, v, extra = self._gram(X, G64, inv, m, b)
@@ -234,16 +236,19 @@ class FlagAggregator(Aggregator):
     def _init_projections(self, X, inv, m):
         """``H0``, ``T = W^T U`` and the Cholesky factor of ``S = W^T W`` of the init's columns ``W``."""
         p, d = X.shape
+        offset, total = self._columns(d)
         if isinstance(self.init, torch.Tensor):
-            Z = (X @ self.init.to(device=X.device, dtype=X.dtype)).to("cpu", torch.float64)
+            Y0 = self.init[offset : offset + d].to(device=X.device, dtype=X.dtype)
+            Z = self._sum_over_shards((X @ Y0).to("cpu", torch.float64))
             S = self._init_S
         elif self.init == "random":  # one pass: draw W block by block, accumulate X W and W^T W
-            Z = torch.zeros((p, m), dtype=torch.float64)
-            S = torch.zeros((m, m), dtype=torch.float64)
-            for start, stop, W in fs.random_init_blocks(d, m, self.seed):
+            ZS = torch.zeros((p + m, m), dtype=torch.float64)
+            for start, stop, W in fs.random_init_blocks(total, m, self.seed, lo=offset, hi=offset + d):
                 W = W.to(device=X.device, dtype=X.dtype)
-                Z += (X[:, start:stop] @ W).to("cpu", torch.float64)
-                S += (W.T @ W).to("cpu", torch.float64)
+                ZS[:p] += (X[:, start - offset : stop - offset] @ W).to("cpu", torch.float64)
+                ZS[p:] += (W.T @ W).to("cpu", torch.float64)
+            ZS = self._sum_over_shards(ZS)  # one reduction for both in a collective
+            Z, S = ZS[:p], ZS[p:]
         else:  # "data": Y0 orthogonal to every input
             return torch.zeros((p, p), dtype=torch.float64), None, None
         H0, T = fs.init_gram(Z, S, inv)
@@ -254,11 +259,13 @@ class FlagAggregator(Aggregator):
         if T is None:
             return torch.zeros(d, dtype=X.dtype, device=X.device)
         c = torch.cholesky_solve((T @ b)[:, None], R)[:, 0]  # S^{-1} T b
+        offset, total = self._columns(d)
         if isinstance(self.init, torch.Tensor):
-            return self.init.to(device=X.device, dtype=X.dtype) @ c.to(device=X.device, dtype=X.dtype)
+            Y0 = self.init[offset : offset + d]
+            return Y0.to(device=X.device, dtype=X.dtype) @ c.to(device=X.device, dtype=X.dtype)
         out = torch.empty(d, dtype=X.dtype, device=X.device)
-        for start, stop, W in fs.random_init_blocks(d, m, self.seed):
-            out[start:stop] = W.to(device=X.device, dtype=X.dtype) @ c.to(device=X.device, dtype=X.dtype)
+        for start, stop, W in fs.random_init_blocks(total, m, self.seed, lo=offset, hi=offset + d):
+            out[start - offset : stop - offset] = W.to(device=X.device, dtype=X.dtype) @ c.to(device=X.device, dtype=X.dtype)
         return out
 
     # ------------------------------------------------------------------ SVD path ---

@@ -30,16 +30,23 @@ import torch
 RANDOM_BLOCK = 1 << 15
 
 
-def random_init_blocks(d: int, m: int, seed: int, block: int = RANDOM_BLOCK) -> Iterator[Tuple[int, int, torch.Tensor]]:
+def random_init_blocks(d: int, m: int, seed: int, block: int = RANDOM_BLOCK, lo: int = 0,
+                       hi: Optional[int] = None) -> Iterator[Tuple[int, int, torch.Tensor]]:
     """Yield ``(start, stop, W[start:stop])`` of ``W = torch.rand(d, m) - 0.5`` after
-    ``torch.manual_seed(seed)`` (the reference's init, before its QR), block by block.
+    ``torch.manual_seed(seed)`` (the reference's init, before its QR), block by block,
+    for the rows in ``[lo, hi)`` only (a coordinate shard; rows before ``lo`` are drawn and
+    discarded).
 
     The CPU generator fills rows in order, so the blocks concatenate to the one-shot draw:
     the same ``W`` on every device, without holding the ``d x m`` matrix."""
+    hi = d if hi is None else hi
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    for start in range(0, d, block):
+    for start in range(0, hi, block):
         stop = min(d, start + block)
-        yield start, stop, torch.rand(stop - start, m, generator=gen) - 0.5
+        W = torch.rand(stop - start, m, generator=gen) - 0.5
+        a, b = max(start, lo), min(stop, hi)
+        if a < b:
+            yield a, b, W[a - start : b - start]
 
 
 def random_init_matrix(d: int, m: int, seed: int) -> torch.Tensor:

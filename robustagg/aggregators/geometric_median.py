@@ -70,7 +70,7 @@ class GeometricMedian(Aggregator):
         return super()._aggregate(X, f, G)
 
     def _statistic(self, X, G):
-        return ops.sq_distances(X.detach(), None if G is None else G.detach())
+        return ops.sq_distances(X.detach(), None if G is None else G.detach(), reduce=self._gram_over_shards)
 
     def _decide(self, statistic, f):
         D, G = statistic

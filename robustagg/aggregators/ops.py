@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 
@@ -143,8 +143,12 @@ def _centred_gram(X: torch.Tensor, ref: int, chunk: int = 1 << 16) -> torch.Tens
     return (G + G.T) * 0.5
 
 
-def sq_distances(X: torch.Tensor, G: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def sq_distances(X: torch.Tensor, G: Optional[torch.Tensor] = None,
+                 reduce: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Pairwise squared distances ``D`` and the Gram matrix they came from.
+
+    ``reduce`` completes a sum over coordinates when ``X`` holds only some columns of the
+    inputs (:mod:`robustagg.collective`): it is applied to every Gram matrix computed here.
 
     ``D_ij = G_ii + G_jj - 2 G_ij`` loses all precision when ``|x_i|^2 + |x_j|^2`` dwarfs
     ``D_ij`` (float32 keeps ~7 digits). When some pair is that close relative to its norms,
@@ -152,8 +156,10 @@ def sq_distances(X: torch.Tensor, G: Optional[torch.Tensor] = None) -> Tuple[tor
     total distance), which makes every distance accurate again; the returned ``G`` is then
     that centred Gram matrix (distances and any convex combination are unchanged by it).
     """
+    if reduce is None:
+        reduce = _identity
     if G is None:
-        G = gram(X)
+        G = reduce(gram(X))
     D = _dists_from_gram(G)
     n = X.shape[0]
     if n > 1:
@@ -165,9 +171,13 @@ def sq_distances(X: torch.Tensor, G: Optional[torch.Tensor] = None) -> Tuple[tor
         unsafe = (D[off] < (16 * eps / 1e-3) * scale[off]).any()
         if bool(unsafe):
             ref = int(torch.argmin(D.sum(dim=1)))
-            G = _centred_gram(X, ref)
+            G = reduce(_centred_gram(X, ref))
             D = _dists_from_gram(G)
     return D, G
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
 
 
 def krum_scores(D: torch.Tensor, neighbours: int) -> torch.Tensor:
@@ -196,6 +206,8 @@ def nearest_weights(D: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _run(X: torch.Tensor, plan: _networks.Plan, rows: Optional[torch.Tensor]) -> torch.Tensor:
+    if X.shape[1] == 0:  # no columns (an empty coordinate shard)
+        return X.new_empty((0,))
     if X.requires_grad and torch.is_grad_enabled():
         return _networks.run_plan_sorted(X, plan, rows)
     use_jit = (
@@ -235,14 +247,19 @@ def coordinate_mean_around_median(X: torch.Tensor, k: int, rows: Optional[torch.
     return _run(X, _networks.make_plan(_count(X, rows), "around", k), rows)
 
 
-def distances_to(X: torch.Tensor, v: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
-    """``||x_i - v||`` for every row, from explicit differences on column chunks (no cancellation)."""
+def sq_distances_to(X: torch.Tensor, v: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+    """``||x_i - v||^2`` for every row in float64, from explicit differences on column chunks."""
     dtype = accumulation_dtype(X.dtype)
     acc = torch.zeros(X.shape[0], dtype=torch.float64, device=X.device)
     for c0 in range(0, X.shape[1], chunk):
         block = X[:, c0 : c0 + chunk].to(dtype) - v[c0 : c0 + chunk].to(dtype)
         acc += (block * block).sum(dim=1, dtype=torch.float64)
-    return acc.sqrt().to(dtype)
+    return acc
+
+
+def distances_to(X: torch.Tensor, v: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
+    """``||x_i - v||`` for every row, from explicit differences on column chunks (no cancellation)."""
+    return sq_distances_to(X, v, chunk).sqrt().to(accumulation_dtype(X.dtype))
 
 
 def clip_scales(norms: torch.Tensor, c: float) -> torch.Tensor:

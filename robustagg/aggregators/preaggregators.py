@@ -121,7 +121,7 @@ class Clipping(PreAggregator):
         self.c = self._check("c", c)
 
     def _statistic(self, X, G):
-        return ops.row_norms(X)
+        return self._row_norms(X)
 
     def _decide(self, norms, f):
         return ops.clip_scales(norms, self.c)
@@ -153,7 +153,7 @@ class ARC(PreAggregator):
     decomposition = "norms-scales"
 
     def _statistic(self, X, G):
-        return ops.row_norms(X)
+        return self._row_norms(X)
 
     def _decide(self, norms, f):
         n = norms.shape[0]
