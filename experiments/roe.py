@@ -192,7 +192,8 @@ def run(scale: Union[str, Mapping[str, Any]] = "full", out: Any = None, jobs: in
     jobs : int
         Worker processes for training (``1``: in this process, one torch thread).
     progress : bool
-        ``tqdm`` progress bars over the base models.
+        Progress over the base models of each ensemble on stderr: a ``tqdm``
+        bar on a terminal, else a line at every tenth of the models.
 
     Returns
     -------
@@ -236,7 +237,8 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--scale", choices=list(SCALES), default=None, help="a named scale (full, quick, cnn)")
     ap.add_argument("--out", default=None, help="output directory (default results/roe or results/roe-<scale>)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default 2)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress (default: a bar on a terminal, a line per tenth of the models in a log)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     scale = args.scale or ("quick" if args.quick else "full")
