@@ -242,3 +242,23 @@ def test_progress_lines_are_about_ten_for_many_models():
     lines = buf.getvalue().splitlines()
     assert lines[0] == "fa base models: 1200 to train (80 already stored)"
     assert len(lines) == 11 and lines[-1].startswith("fa base models: 1280/1280 models (100%)")
+
+
+def test_in_process_training_uses_one_torch_thread_and_restores_the_callers(data, tmp_path, monkeypatch):
+    X, y, T, _ = data
+    part = el.dpa_partition(np.arange(240), 2)
+    seen = []
+    real = ensemble._train_one
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return real(*args)
+
+    monkeypatch.setattr(ensemble, "_train_one", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        el.train_ensemble(X, y, T, part, MODEL, out_dir=tmp_path, progress=False, **CFG)
+        assert seen == [1, 1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

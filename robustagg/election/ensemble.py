@@ -218,8 +218,10 @@ def train_ensemble(train_X: Any, train_y: Any, test_X: Any, partition: Partition
         Must be picklable (a module-level function or ``functools.partial``)
         when ``jobs > 1``.
     jobs : int
-        ``1`` trains in this process; ``> 1`` uses a pool of that many worker
-        processes (fork server, else spawn; one torch thread each). As with any
+        ``1`` trains in this process, on one torch thread (restored after);
+        ``> 1`` uses a pool of that many worker processes (fork server, else
+        spawn; one torch thread each). Base models are small: parallelism
+        comes from ``jobs``, not from torch threads. As with any
         such pool, a script that calls this must guard its entry point with
         ``if __name__ == "__main__":``.
     out_dir : path
@@ -309,10 +311,15 @@ def _train_pending(pending: List[int], partition: Partition, X: torch.Tensor, y:
                    stored: Callable[[int, np.ndarray, Dict[str, str]], None]) -> None:
     """Train the ``pending`` models, in this process or a pool; ``stored(i, scores, digests)`` after each."""
     if jobs == 1 or len(pending) <= 1:
-        for i in pending:
-            idx = torch.as_tensor(partition.indices(i))
-            state, scores = _train_one(i, X[idx], y[idx], T, model_fn, cfg)
-            stored(i, scores, _save(out_dir, i, state, scores))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as a pool worker: small models lose much more to busy cores than they gain
+        try:
+            for i in pending:
+                idx = torch.as_tensor(partition.indices(i))
+                state, scores = _train_one(i, X[idx], y[idx], T, model_fn, cfg)
+                stored(i, scores, _save(out_dir, i, state, scores))
+        finally:
+            torch.set_num_threads(threads)
     elif pending:
         ctx = _pool_context()
         with ProcessPoolExecutor(max_workers=min(jobs, len(pending)), mp_context=ctx,
