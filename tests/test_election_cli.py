@@ -343,3 +343,15 @@ def test_election_refuses_to_reuse_models_of_another_configuration(tmp_path, cap
         assert "holds the base models of a different ensemble" in err and key in err, (edit, err)
         assert "trained" not in captured.out
         assert {p.name: p.read_bytes() for p in out.iterdir()} == stored  # config.json not rewritten
+
+
+def test_a_broken_manifest_is_a_one_line_error_naming_it(saved, capsys):
+    path, scores, labels = saved
+    ens = _write_ensemble(path / "ens", scores, labels, k=6, d=1, shifts=[0])
+    (ens / "manifest.json").write_text('{"num_models": 6, "k": ')
+    assert cli.main(["certify", str(ens), "--method", "dpa"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{ens / 'manifest.json'} is not valid JSON" in err and "\n" not in err
+    (ens / "manifest.json").write_text('{"num_models": 6}')  # no layout: certificates could not be trusted
+    assert cli.main(["certify", str(ens), "--method", "dpa"]) == 2
+    assert "records no partition layout (k, d, shifts)" in capsys.readouterr().err

@@ -143,7 +143,7 @@ def _differences(old: Any, new: Any, prefix: str = "") -> List[str]:
 
 
 def read_manifest(out_dir: Any) -> Dict[str, Any]:
-    """``out_dir/manifest.json`` as a dict; a ``ValueError`` naming the file if it is missing or broken."""
+    """``out_dir/manifest.json`` as a dict (``FileNotFoundError`` if missing, ``ValueError`` naming it if broken)."""
     path = Path(out_dir) / "manifest.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: not an ensemble directory of train_ensemble")
