@@ -26,7 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from robustagg.election import certified_accuracy, certify, dp_table, plurality, run_off  # noqa: E402
+from robustagg.election import METHODS, available_methods, certified_accuracy, certify, dp_table  # noqa: E402
+from robustagg.election import plurality, run_off  # noqa: E402
+from robustagg.election.certificates import FA  # noqa: E402
 
 
 def make_scores(K: int, N: int, C: int, seed: int = 0, structureless: bool = False):
@@ -66,11 +68,13 @@ def main(argv=None) -> None:
     print(f"{'method':<8} {'seconds':>8}  certified accuracy   (target <= {args.target} s)")
     worst = 0.0
     fa = {"k": K // d, "d": d}
-    for method, kw in (("dpa", {}), ("dpa+roe", {}), ("fa", fa), ("fa+roe", fa)):
-        unit = K if method.startswith("dpa") else K // d  # FA certificates count buckets of d models
+    for method in available_methods():  # every registered method
+        cls = METHODS.resolve(method)
+        kw = fa if issubclass(cls, FA) else {}
+        unit = K // d if kw else K  # FA certificates count buckets of d models
         radii = [0, unit // 12, unit // 6, unit // 3]
         if args.random:  # certify every point (wrong predictions would be skipped)
-            labels = run_off(scores) if method.endswith("roe") else plurality(scores)
+            labels = run_off(scores) if cls.run_off else plurality(scores)
         best = float("inf")
         for _ in range(args.repeat):
             t0 = time.perf_counter()

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Union
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -192,7 +191,8 @@ def run(scale: Union[str, Mapping[str, Any]] = "full", out: Any = None, jobs: in
     jobs : int
         Worker processes for training (``1``: in this process, one torch thread).
     progress : bool
-        ``tqdm`` progress bars over the base models.
+        Progress over the base models of each ensemble on stderr: a ``tqdm``
+        bar on a terminal, else a line at every tenth of the models.
 
     Returns
     -------
@@ -204,19 +204,13 @@ def run(scale: Union[str, Mapping[str, Any]] = "full", out: Any = None, jobs: in
     out = Path(out if out is not None else ("results/roe" if sc["name"] == "full" else f"results/roe-{sc['name']}"))
     accuracy: Dict[str, np.ndarray] = {}
     trained, train_s, certify_s, n = 0, 0.0, 0.0, 0
-    threads = torch.get_num_threads()
-    if jobs == 1:  # tiny models train fastest on one thread (the pool's workers use one each)
-        torch.set_num_threads(1)
-    try:
-        for cfg in configs(sc, out).values():
-            r = run_election(cfg, jobs=jobs, progress=progress)
-            accuracy.update(r.accuracy)
-            trained += r.trained
-            train_s += r.train_seconds
-            certify_s += r.certify_seconds
-            n = r.labels.shape[0]
-    finally:
-        torch.set_num_threads(threads)
+    for cfg in configs(sc, out).values():  # every base model trains on one torch thread (train_ensemble)
+        r = run_election(cfg, jobs=jobs, progress=progress)
+        accuracy.update(r.accuracy)
+        trained += r.trained
+        train_s += r.train_seconds
+        certify_s += r.certify_seconds
+        n = r.labels.shape[0]
     timing = _timing(out, trained, train_s, certify_s, jobs, sc["k"] * (1 + sc["d"]))
     model = sc.get("model", LOGISTIC)
     res = {"scale": sc["name"], "k": sc["k"], "d": sc["d"], "test_points": n,
@@ -236,7 +230,8 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--scale", choices=list(SCALES), default=None, help="a named scale (full, quick, cnn)")
     ap.add_argument("--out", default=None, help="output directory (default results/roe or results/roe-<scale>)")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="worker processes (default 2)")
-    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--no-progress", action="store_true",
+                    help="no progress (default: a bar on a terminal, a line per tenth of the models in a log)")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     scale = args.scale or ("quick" if args.quick else "full")

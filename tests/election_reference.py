@@ -1,4 +1,4 @@
-"""Slow per-point transcriptions of ALGORITHMS.md section 3 (test oracle for certify).
+"""Slow per-point transcriptions of the DPA, FA and run-off certificates (test oracle for certify).
 
 Plain Python loops over one test point at a time, as the reference scripts
 (k1rezaei/DPA-election) lay them out; ``certify`` must agree exactly.

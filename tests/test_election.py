@@ -266,3 +266,58 @@ def test_certify_argument_errors():
     with pytest.raises(ValueError, match="labels"):
         el.certify(s, [0, 0, 0], "dpa")
     assert el.certify(s, y, "DPA+ROE").shape == (2,)
+
+
+@pytest.mark.parametrize("bad", [3, -1, 99])
+def test_labels_outside_the_classes_are_rejected(bad):
+    s = np.random.default_rng(0).normal(size=(6, 4, 3))
+    y = [0, 1, bad, 2]
+    for m, kw in (("dpa", {}), ("dpa+roe", {}), ("fa", {"k": 3, "d": 2}), ("fa+roe", {"k": 3, "d": 2})):
+        with pytest.raises(ValueError, match=rf"class indices in \[0, 3\), got {bad} at test point 2"):
+            el.certify(s, y, m, **kw)
+
+
+def test_certified_accuracy_takes_non_negative_integer_radii_and_real_certificates():
+    certs = np.array([-1, 0, 2, 5])
+    with pytest.raises(ValueError, match="radii must be non-negative integers"):
+        el.certified_accuracy(certs, [-1])
+    with pytest.raises(ValueError, match="radii must be non-negative integers"):
+        el.certified_accuracy(certs, -3)
+    for bad in (0.5, [0, 2.5], float("nan"), True, "1"):
+        with pytest.raises(TypeError, match="radii must be non-negative integers"):
+            el.certified_accuracy(certs, bad)
+    assert el.certified_accuracy(certs, 2.0) == 0.5  # an integral float is an integer radius
+    with pytest.raises(ValueError, match="certs must be integers >= -1"):
+        el.certified_accuracy(np.array([0.5, 1.0]), 0)
+    with pytest.raises(ValueError, match="certs must be integers >= -1"):
+        el.certified_accuracy([-2, 1], 0)
+
+
+def test_methods_are_registered_objects_and_a_new_one_needs_no_change_to_certify(monkeypatch):
+    rng = np.random.default_rng(3)
+    s = rng.normal(size=(6, 30, 3))
+    y = el.run_off(s)
+    y[:5] = (y[:5] + 1) % 3  # some wrong predictions
+    assert el.available_methods() == ["dpa", "dpa+roe", "fa", "fa+roe"]
+    fa = el.METHODS.get("fa+roe", k=3, d=2)
+    assert isinstance(fa, certificates.FARunOff) and fa.shifts == el.fa_shifts(3, 2)
+    assert repr(fa) == f"FARunOff(k=3, d=2, shifts={el.fa_shifts(3, 2)!r})"
+    assert np.array_equal(el.certify(s, y, fa), el.certify(s, y, "fa+roe", k=3, d=2))
+    with pytest.raises(ValueError, match="parameters of the method object"):
+        el.certify(s, y, fa, k=3)
+    seen = []
+
+    class Toy(el.Method):  # a run-off method certifying 7 everywhere
+        run_off = True
+
+        def chunk(self, r):
+            seen.append(r.winner.copy())
+            return np.full(r.winner.size, 7)
+
+    monkeypatch.setitem(el.METHODS._items, "toy", Toy)
+    certs = el.certify(s, y, "toy")
+    right = el.run_off(s) == y
+    assert certs.tolist() == np.where(right, 7, -1).tolist()
+    assert np.array_equal(np.concatenate(seen), y[right])  # only correctly predicted points reach chunk
+    with pytest.raises(TypeError, match="certification method 'dpa' has no parameter 'shift'"):
+        el.METHODS.get("dpa", shift=3)

@@ -1,5 +1,6 @@
 """`robustagg certify` and `robustagg election` on tiny synthetic data, and the election config loader."""
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -22,6 +23,22 @@ def _table(out: str) -> dict:
     methods = lines[start].split()[1:]
     rows = [ln.split() for ln in lines[start + 1:start + 1 + len(RADII)]]
     return {m: [float(r[j + 1].rstrip("%")) / 100 for r in rows] for j, m in enumerate(methods)}
+
+
+def _write_ensemble(ens, scores, labels, k, d, shifts, stacked=False):
+    """An ensemble directory as train_ensemble leaves it: manifest, per-model scores, their digests."""
+    ens.mkdir()
+    (ens / "manifest.json").write_text(json.dumps({"num_models": k * d, "k": k, "d": d, "shifts": list(shifts)}))
+    names = [f"scores_{i:05d}.npy" for i in range(k * d)]
+    for name, s in zip(names, scores):
+        np.save(ens / name, s)
+    if stacked:
+        np.save(ens / "scores.npy", scores)
+        names.append("scores.npy")
+    (ens / "SHA256SUMS").write_text("".join(f"{hashlib.sha256((ens / n).read_bytes()).hexdigest()}  {n}\n"
+                                            for n in names))
+    np.save(ens / "labels.npy", labels)
+    return ens
 
 
 @pytest.fixture
@@ -68,12 +85,7 @@ def test_certify_reads_npz_and_ensemble_directories(saved, capsys):
     np.savez(path / "both.npz", scores=scores, labels=labels)
     assert cli.main(["certify", str(path / "both.npz"), "--method", "dpa", "--radii", *map(str, RADII)]) == 0
     first = _table(capsys.readouterr().out)
-    ens = path / "ens"
-    ens.mkdir()
-    (ens / "manifest.json").write_text(json.dumps({"num_models": 6}))
-    for i in range(6):
-        np.save(ens / f"scores_{i:05d}.npy", scores[i])
-    np.save(ens / "labels.npy", labels)
+    ens = _write_ensemble(path / "ens", scores, labels, k=6, d=1, shifts=[0])
     assert cli.main(["certify", str(ens), "--method", "dpa", "--radii", *map(str, RADII)]) == 0
     assert _table(capsys.readouterr().out) == first
 
@@ -218,3 +230,128 @@ def test_module_entry_point_lists_the_election_commands():
     done = subprocess.run([sys.executable, "-m", "robustagg.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "certify" in done.stdout and "election" in done.stdout
+
+
+@pytest.fixture(scope="module")
+def fa_ensemble(tmp_path_factory):
+    """An FA ensemble with the issue's layout (k = 80, d = 16: 1,280 base models), 40 test points."""
+    rng = np.random.default_rng(7)
+    k, d, N, C = 80, 16, 40, 10
+    labels = rng.integers(0, C, N)
+    scores = rng.normal(size=(k * d, N, C)).astype(np.float32)
+    right = rng.random((k * d, N)) < rng.uniform(0.4, 0.95, N)  # easy and hard test points
+    scores[right, labels[None, :].repeat(k * d, 0)[right]] += 4
+    shifts = el.fa_shifts(k, d)
+    ens = _write_ensemble(tmp_path_factory.mktemp("fa") / "ens", scores, labels, k, d, shifts, stacked=True)
+    return ens, scores, labels, shifts
+
+
+RADII_FA = [0, 5, 25, 50]
+
+
+def test_certify_takes_the_layout_from_the_ensemble_manifest(fa_ensemble, capsys):
+    ens, scores, labels, shifts = fa_ensemble
+    want = {m: el.certified_accuracy(el.certify(scores, labels, m, k=80, d=16, shifts=shifts), RADII_FA)
+            for m in ("fa", "fa+roe")}
+    dpa_roe = el.certified_accuracy(el.certify(scores, labels, "dpa+roe"), RADII_FA)
+    assert not np.allclose(dpa_roe, want["fa+roe"])  # what a DPA certificate would wrongly claim
+    seed = str(el.REFERENCE_SHIFT_SEED)
+    for argv in ([str(ens)], [str(ens), "--method", "fa", "--method", "fa+roe", "--d", "16", "--k", "80"],
+                 [str(ens / "scores.npy"), "--method", "fa", "--method", "fa+roe", "--seed", seed]):
+        assert cli.main(["certify", *argv, "--radii", *map(str, RADII_FA)]) == 0, argv
+        out = capsys.readouterr().out
+        assert "(layout from manifest.json: k = 80, d = 16)" in out
+        lines = out.splitlines()
+        table = {m: [float(r.split()[j + 1].rstrip("%")) / 100 for r in lines[2:2 + len(RADII_FA)]]
+                 for j, m in enumerate(lines[1].split()[1:])}
+        assert list(table) == ["fa", "fa+roe"]
+        for m in table:
+            assert np.allclose(table[m], want[m], atol=5e-4), (argv, m)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "dpa+roe"], "--method dpa+roe does not hold for this ensemble: the ensemble's manifest.json "
+                              "(k = 80, d = 16) is Finite Aggregation"),
+    (["--method", "dpa"], "use --method fa or fa+roe"),
+    (["--method", "fa", "--d", "8"], "--d 8 contradicts the ensemble's manifest.json (k = 80, d = 16)"),
+    (["--method", "fa+roe", "--k", "40"], "--k 40 contradicts"),
+    (["--method", "fa+roe", "--seed", "5"], "--seed 5 contradicts the ensemble's manifest.json (k = 80, d = 16): "
+                                            "the ensemble was trained with shifts"),
+])
+def test_an_option_contradicting_the_manifest_is_a_one_line_error(fa_ensemble, capsys, extra, message):
+    ens = fa_ensemble[0]
+    for target in (ens, ens / "scores.npy"):
+        assert cli.main(["certify", str(target), *extra]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        err = captured.err.strip()
+        assert err.startswith("robustagg certify: error:") and message in err and "\n" not in err
+
+
+def test_certify_refuses_corrupted_score_files_naming_them(saved, capsys):
+    path, scores, labels = saved
+    ens = _write_ensemble(path / "ens", scores, labels, k=6, d=1, shifts=[0], stacked=True)
+    for name in ("scores_00003.npy", "scores.npy"):
+        target = ens if name != "scores.npy" else ens / "scores.npy"
+        good = (ens / name).read_bytes()
+        (ens / name).write_bytes(good[:-1] + bytes([good[-1] ^ 0x10]))  # one flipped bit
+        assert cli.main(["certify", str(target), "--method", "dpa"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("robustagg certify: error:") and "\n" not in err
+        assert f"{ens / name} is corrupted" in err
+        (ens / name).write_bytes(good[:50])  # truncated
+        assert cli.main(["certify", str(target), "--method", "dpa"]) == 2
+        assert f"{ens / name} is corrupted" in capsys.readouterr().err
+        (ens / name).write_bytes(good)
+    assert cli.main(["certify", str(ens)]) == 0  # default methods of a DPA ensemble
+    assert list(_table(capsys.readouterr().out)) == ["dpa", "dpa+roe"]
+
+
+@pytest.mark.parametrize("bad", [3, -1, 99])
+def test_certify_rejects_labels_outside_the_classes(saved, capsys, bad):
+    path, _, labels = saved
+    wrong = labels.copy()
+    wrong[7] = bad
+    np.save(path / "wrong.npy", wrong)
+    assert cli.main(["certify", str(path / "scores.npy"), "--labels", str(path / "wrong.npy"), "--method", "dpa"]) == 2
+    err = capsys.readouterr().err
+    assert f"labels must be class indices in [0, 3), got {bad} at test point 7" in err
+
+
+def test_certify_needs_a_method_for_a_bare_scores_file(saved, capsys):
+    path, _, _ = saved
+    assert cli.main(["certify", str(path / "scores.npy")]) == 2
+    assert "--method is required" in capsys.readouterr().err
+
+
+def test_election_refuses_to_reuse_models_of_another_configuration(tmp_path, capsys):
+    cfg = _write_config(tmp_path, "dpa")
+    out = tmp_path / "run"
+    assert cli.main(["election", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    stored = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert json.loads(stored["config.json"])["out"] == str(out)  # the effective --out, not the file's
+    for edit, key in (({'name = "logistic"': 'name = "mlp"'}, "'settings.model.name'"),
+                      ({"seed = 1 }": "seed = 2 }"}, "'settings.data.params.seed'"),
+                      ({"epochs = 3": "epochs = 4"}, "'epochs'"),
+                      ({'hash = "sha256"': 'hash = "pixel-sum"'}, "'settings.partition.hash'")):
+        changed = _write_config(tmp_path, "dpa", **edit)
+        assert cli.main(["election", str(changed), "--out", str(out), "--no-progress"]) == 2, edit
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert err.startswith("robustagg election: error:") and "\n" not in err
+        assert "holds the base models of a different ensemble" in err and key in err, (edit, err)
+        assert "trained" not in captured.out
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == stored  # config.json not rewritten
+
+
+def test_a_broken_manifest_is_a_one_line_error_naming_it(saved, capsys):
+    path, scores, labels = saved
+    ens = _write_ensemble(path / "ens", scores, labels, k=6, d=1, shifts=[0])
+    (ens / "manifest.json").write_text('{"num_models": 6, "k": ')
+    assert cli.main(["certify", str(ens), "--method", "dpa"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{ens / 'manifest.json'} is not valid JSON" in err and "\n" not in err
+    (ens / "manifest.json").write_text('{"num_models": 6}')  # no layout: certificates could not be trusted
+    assert cli.main(["certify", str(ens), "--method", "dpa"]) == 2
+    assert "records no partition layout (k, d, shifts)" in capsys.readouterr().err

@@ -86,6 +86,17 @@ def test_resumes_after_losing_models_certificates_and_tables(tmp_path):
     assert json.loads((tmp_path / "timing.json").read_text())["trained"] == 15
 
 
+def test_progress_shows_each_ensemble_and_is_off_by_default(tmp_path, capsys):
+    roe.run(TINY, out=tmp_path, jobs=1, progress=True)
+    err = capsys.readouterr().err
+    assert "dpa base models: 4 to train" in err and "dpa base models: 4/4 models (100%)" in err
+    assert "fa base models: 8 to train" in err and "fa base models: 8/8 models (100%)" in err
+    assert len(err.splitlines()) <= 2 * 11 and "\r" not in err  # a few lines, no bar, without a terminal
+    (tmp_path / "fa" / "scores_00005.npy").unlink()
+    roe.run(TINY, out=tmp_path, jobs=1)
+    assert capsys.readouterr().err == ""
+
+
 def test_verdict_reports_where_roe_catches_up():
     acc = {"dpa": np.array([.9, .8, .7, .6, .5, .4]), "dpa+roe": np.array([.88, .8, .71, .6, .52, .45]),
            "fa": np.array([.9, .8, .7, .6, .5, .4]), "fa+roe": np.array([.9, .81, .7, .6, .5, .39])}

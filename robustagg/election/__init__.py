@@ -16,7 +16,7 @@ Rezaei, Banihashem, Chegini, Feizi, "Run-Off Election: Improved Provable
 Defense against Data Poisoning Attacks", ICML 2023.
 """
 
-from robustagg.election.certificates import METHODS, certified_accuracy, certify, dp_table
+from robustagg.election.certificates import METHODS, Method, available_methods, certified_accuracy, certify, dp_table
 from robustagg.election.config import load_config
 from robustagg.election.ensemble import load_scores, train_ensemble
 from robustagg.election.partitions import (
@@ -32,7 +32,7 @@ from robustagg.election.pipeline import ElectionResult, run_election
 from robustagg.election.votes import combine_scores, plurality, run_off, vote_counts
 
 __all__ = [
-    "METHODS", "ElectionResult", "Partition", "REFERENCE_SHIFT_SEED", "certified_accuracy", "certify",
+    "METHODS", "ElectionResult", "Method", "available_methods", "Partition", "REFERENCE_SHIFT_SEED", "certified_accuracy", "certify",
     "combine_scores", "dp_table", "dpa_partition", "fa_partition", "fa_shifts", "load_config", "load_scores",
     "pixel_sum_hash", "plurality", "run_election", "run_off", "sha256_hash", "train_ensemble", "vote_counts",
 ]

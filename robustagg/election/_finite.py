@@ -33,7 +33,7 @@ from typing import Sequence, Tuple
 
 import numpy as np
 
-from robustagg.election.votes import Round
+from robustagg.election.votes import Round, column_hist
 
 #: "Impossible" bucket count (a gap that no set of buckets can close).
 INF = 1 << 40
@@ -86,13 +86,6 @@ def bucket_sums(per_model: np.ndarray, shifts: Sequence[int]) -> np.ndarray:
     return out
 
 
-def base_hist(base: np.ndarray, nbins: int) -> np.ndarray:
-    """``(n, nbins)`` histogram over buckets of ``base`` (shape ``(kd, n)``)."""
-    n = base.shape[1]
-    flat = base + (np.arange(n, dtype=np.int64) * nbins)[None, :]
-    return np.bincount(flat.ravel(), minlength=n * nbins).reshape(n, nbins)
-
-
 def pair_index(C: int) -> Tuple[np.ndarray, np.ndarray]:
     """Unordered class pairs ``(a, b)`` with ``a < b``."""
     return np.triu_indices(C, 1)
@@ -112,15 +105,12 @@ def _bucket_votes(votes: np.ndarray, cls: np.ndarray, shifts: Sequence[int]) -> 
 
 def need_exact(values: np.ndarray, gap: np.ndarray, nbins: int) -> np.ndarray:
     """:math:`\\mathrm{need}` for ``M`` problems given every bucket's reduction, ``values (kd, M)``."""
-    m = values.shape[1]
-    flat = values + (np.arange(m, dtype=np.int64) * nbins)[None, :]
-    H = np.bincount(flat.ravel(), minlength=m * nbins).reshape(m, nbins)
-    return need_from_hist(gap, H)
+    return need_from_hist(gap, column_hist(values, nbins))
 
 
 def _shared(base: np.ndarray, gap: np.ndarray, nbins: int) -> np.ndarray:
     """Lower bound of need for every column of ``gap (n, P)``: all buckets at their ``base`` value."""
-    return need_from_hist(gap, base_hist(base, nbins)[:, None, :])
+    return need_from_hist(gap, column_hist(base, nbins)[:, None, :])
 
 
 def branch_and_bound(low: np.ndarray, exact) -> np.ndarray:

@@ -4,7 +4,12 @@
     Certify saved base-model scores (``(K, N, C)``: a ``.npy`` file, a ``.npz``
     holding ``scores`` (and optionally ``labels``), or an ensemble directory of
     :func:`~robustagg.election.train_ensemble`) and print the certified accuracy
-    per radius; ``--out CERTS.npz`` also writes the certificates.
+    per radius; ``--out CERTS.npz`` also writes the certificates. For an
+    ensemble (its directory, or the ``scores.npy`` in it) the layout comes from
+    its ``manifest.json`` (``k``, ``d``, the FA shifts) and the score files are
+    checked against their digests; an option that contradicts the manifest
+    (a DPA method on an FA ensemble, another ``--d``, ``--k`` or shift
+    ``--seed``) is an error, since its certificates would not hold.
 
 ``robustagg election CONFIG.toml [--out DIR] [--jobs N] [--no-progress]``
     Run the whole pipeline a configuration describes
@@ -25,9 +30,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from robustagg._validation import check_int
+from robustagg.election.certificates import available_methods
 from robustagg.election.config import DEFAULT_RADII
-
-METHOD_NAMES = ("dpa", "dpa+roe", "fa", "fa+roe")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,11 +45,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scores", metavar="SCORES", help="(K, N, C) scores: .npy, .npz (key 'scores') or an ensemble directory")
     parser.add_argument("--labels", default=None,
                         help="(N,) int labels (.npy; default: 'labels' in the .npz or labels.npy next to the scores)")
-    parser.add_argument("--method", action="append", required=True, choices=METHOD_NAMES,
-                        help="certification method; repeat it for several columns")
-    parser.add_argument("--k", type=int, default=None, help="number of partitions (FA: K = k * d; default K / d)")
-    parser.add_argument("--d", type=int, default=None, help="FA: models per bucket")
-    parser.add_argument("--seed", type=int, default=None, help="FA shift seed (default: the reference's)")
+    parser.add_argument("--method", action="append", default=None, choices=available_methods(),
+                        help="certification method; repeat it for several columns (default for an ensemble: "
+                             "its partition's method and its run-off)")
+    parser.add_argument("--k", type=int, default=None,
+                        help="number of partitions (FA: K = k * d; default K / d; an ensemble's manifest decides)")
+    parser.add_argument("--d", type=int, default=None, help="FA: models per bucket (an ensemble's manifest decides)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="FA shift seed (default: the reference's; an ensemble's manifest decides)")
     parser.add_argument("--radii", type=int, nargs="+", default=DEFAULT_RADII, help="radii to report")
     parser.add_argument("--out", default=None, help="write the certificates (one array per method) to this .npz")
 
@@ -63,8 +70,25 @@ def _load_array(path: Path, key: str) -> Optional[np.ndarray]:
     return np.load(path, allow_pickle=False)
 
 
+def ensemble_manifest(scores_path: str) -> Optional[dict]:
+    """The manifest of the ensemble ``scores_path`` belongs to (its directory, or its ``scores.npy``), else None."""
+    from robustagg.election.ensemble import read_manifest
+
+    sp = Path(scores_path)
+    if sp.is_dir():
+        return read_manifest(sp)
+    if sp.name == "scores.npy" and (sp.parent / "manifest.json").exists():
+        return read_manifest(sp.parent)
+    return None
+
+
 def load_inputs(scores_path: str, labels_path: Optional[str]):
-    """Read the scores (``.npy``, ``.npz`` or ensemble directory) and labels the ``certify`` command takes."""
+    """Read the scores (``.npy``, ``.npz`` or ensemble directory) and labels the ``certify`` command takes.
+
+    An ensemble's score files (its per-model files, or its stacked ``scores.npy``) are checked
+    against the digests recorded when they were written.
+    """
+    from robustagg.election._store import load_npy, read_digests, read_verified
     from robustagg.election.ensemble import load_scores
 
     sp = Path(scores_path)
@@ -72,6 +96,8 @@ def load_inputs(scores_path: str, labels_path: Optional[str]):
         raise FileNotFoundError(f"scores file {scores_path!r} not found")
     if sp.is_dir():
         scores = load_scores(sp)
+    elif ensemble_manifest(scores_path) is not None:
+        scores = load_npy(sp, read_verified(sp, read_digests(sp.parent)))
     else:
         scores = _load_array(sp, "scores")
     labels = None
@@ -109,10 +135,44 @@ def format_table(radii: Sequence[int], accuracy: Dict[str, np.ndarray]) -> str:
     return "\n".join(lines)
 
 
+def _is_fa(method: str) -> bool:
+    from robustagg.election.certificates import FA, METHODS
+
+    return issubclass(METHODS.resolve(method), FA)
+
+
+def _manifest_params(method: str, K: int, manifest: dict, k: Optional[int], d: Optional[int],
+                     seed: Optional[int]) -> dict:
+    """The method's parameters from the ensemble's manifest; an option contradicting it is an error."""
+    from robustagg.election.partitions import fa_shifts
+
+    try:
+        mk, md, shifts = int(manifest["k"]), int(manifest["d"]), tuple(int(s) for s in manifest["shifts"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("the ensemble's manifest.json records no partition layout (k, d, shifts)") from None
+    what = f"the ensemble's manifest.json (k = {mk}, d = {md})"
+    if mk * md != K:
+        raise ValueError(f"{what} describes {mk * md} base models, the scores hold {K}")
+    if k is not None and k != mk:
+        raise ValueError(f"--k {k} contradicts {what}")
+    if d is not None and d != md:
+        raise ValueError(f"--d {d} contradicts {what}")
+    if not _is_fa(method):
+        if md != 1:
+            raise ValueError(f"--method {method} does not hold for this ensemble: {what} is Finite Aggregation, "
+                             f"where one poisoned sample changes {md} models; use --method fa or fa+roe")
+        if seed is not None:
+            raise ValueError(f"--seed applies to the FA methods only (got --method {method})")
+        return {"k": mk}
+    if seed is not None and tuple(fa_shifts(mk, md, seed)) != shifts:
+        raise ValueError(f"--seed {seed} contradicts {what}: the ensemble was trained with shifts {list(shifts)}")
+    return {"k": mk, "d": md, "shifts": shifts}
+
+
 def _fa_params(method: str, K: int, k: Optional[int], d: Optional[int], seed: Optional[int]) -> dict:
     from robustagg.election.partitions import fa_shifts
 
-    if not method.startswith("fa"):
+    if not _is_fa(method):
         if d not in (None, 1) or seed is not None:
             raise ValueError(f"--d and --seed apply to the FA methods only (got --method {method})")
         return {"k": k}
@@ -131,14 +191,23 @@ def run_certify(args: argparse.Namespace) -> int:
     """``robustagg certify``: print certified accuracy per radius, optionally save the certificates."""
     from robustagg.election.certificates import certified_accuracy, certify
 
+    manifest = ensemble_manifest(args.scores)
+    methods = args.method
+    if methods is None:
+        if manifest is None:
+            raise ValueError("--method is required for a scores file that is not an ensemble's")
+        methods = ["fa", "fa+roe"] if manifest.get("d", 1) != 1 else ["dpa", "dpa+roe"]
     scores, labels = load_inputs(args.scores, args.labels)
     radii = [check_int(r, "--radii", minimum=0) for r in args.radii]
-    certs = {}
-    for m in dict.fromkeys(args.method):
-        certs[m] = certify(scores, labels, m, **_fa_params(m, scores.shape[0], args.k, args.d, args.seed))
-    acc = {m: certified_accuracy(c, radii) for m, c in certs.items()}
     K, N, C = scores.shape
-    print(f"{N} test points, {K} base models, {C} classes")
+    certs = {}
+    for m in dict.fromkeys(methods):
+        params = (_fa_params(m, K, args.k, args.d, args.seed) if manifest is None
+                  else _manifest_params(m, K, manifest, args.k, args.d, args.seed))
+        certs[m] = certify(scores, labels, m, **params)
+    acc = {m: certified_accuracy(c, radii) for m, c in certs.items()}
+    layout = "" if manifest is None else f" (layout from manifest.json: k = {manifest['k']}, d = {manifest['d']})"
+    print(f"{N} test points, {K} base models, {C} classes{layout}")
     print(format_table(radii, acc))
     if args.out:
         from robustagg._io import atomic_write
@@ -159,7 +228,7 @@ def run_election_command(args: argparse.Namespace) -> int:
     print(f"{res.config['data']['dataset']}: {part!r}, {N} test points; trained {res.trained} of {K} "
           f"base models in {res.train_seconds:.1f} s, certified in {res.certify_seconds:.1f} s")
     print(format_table(res.radii, res.accuracy))
-    print(f"results in {Path(res.config['out'] if args.out is None else args.out)}")
+    print(f"results in {res.config['out']}")
     return 0
 
 
@@ -170,4 +239,5 @@ def run(args: argparse.Namespace) -> int:
     return run_certify(args)
 
 
-__all__: List[str] = ["add_arguments", "format_table", "load_inputs", "run", "run_certify", "run_election_command"]
+__all__: List[str] = ["add_arguments", "ensemble_manifest", "format_table", "load_inputs", "run", "run_certify",
+                      "run_election_command"]

@@ -8,8 +8,11 @@ run in the same output directory left: the base models (per-model files of
 from are unchanged).
 
 Files in the output directory, besides the ensemble's: ``config.json`` (the
-checked configuration), ``labels.npy`` (test labels), ``certs.npz`` (one int64
-array per method and a ``fingerprint``), ``certified_accuracy.csv``.
+checked configuration, with the output directory actually used as ``out``;
+written only once all the base models it describes are there), ``labels.npy``
+(test labels), ``certs.npz`` (one int64 array per method and a
+``fingerprint``; a cache: recomputed when it does not match or cannot be read),
+``certified_accuracy.csv``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import hashlib
 import io
 import json
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -44,7 +48,7 @@ class ElectionResult:
     Attributes
     ----------
     config : dict
-        The checked configuration.
+        The checked configuration, ``out`` being the directory actually used.
     partition : Partition
     scores : numpy.ndarray, shape (K, N, C)
     labels : numpy.ndarray, shape (N,)
@@ -110,9 +114,12 @@ def _certify_cached(path: Path, scores: np.ndarray, labels: np.ndarray, partitio
     fp = _fingerprint(scores, labels, partition)
     cached: Dict[str, np.ndarray] = {}
     if path.exists():
-        with np.load(path, allow_pickle=False) as f:
-            if "fingerprint" in f.files and str(f["fingerprint"]) == fp:
-                cached = {m: f[m] for m in f.files if m != "fingerprint"}
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                if "fingerprint" in f.files and str(f["fingerprint"]) == fp:
+                    cached = {m: f[m] for m in f.files if m != "fingerprint"}
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile):
+            cached = {}  # a damaged cache is computed again
     todo = [m for m in methods if m not in cached]
     for m in todo:
         fa = m.startswith("fa")
@@ -148,7 +155,8 @@ def run_election(config: Any, *, out_dir: Any = None, jobs: Optional[int] = None
         Overrides ``config["train"]["jobs"]`` (worker processes; see
         :func:`~robustagg.election.train_ensemble`).
     progress : bool
-        Show a ``tqdm`` progress bar over the base models (on stderr).
+        Show progress over the base models on stderr: a ``tqdm`` bar on a
+        terminal, else a line at every tenth of the models.
     callback : callable (i, scores_i), optional
         Called after each newly trained base model.
 
@@ -160,32 +168,27 @@ def run_election(config: Any, *, out_dir: Any = None, jobs: Optional[int] = None
 
     cfg = load_config(config)
     out = Path(cfg["out"] if out_dir is None else out_dir)
+    cfg["out"] = str(out)  # config.json records where the run actually is
     tr = cfg["train"]
     jobs = tr["jobs"] if jobs is None else check_int(jobs, "jobs", minimum=1)
     X, y, T, labels, ds = load_split(cfg["data"])
     partition = make_partition(X, cfg["partition"])
     make_model = models.model_fn(cfg["model"]["name"], input_shape=ds.input_shape,
                                  num_classes=ds.num_classes, **cfg["model"]["params"])
-    out.mkdir(parents=True, exist_ok=True)
-    K = partition.num_models
-    done = sum((out / f"scores_{i:05d}.npy").exists() for i in range(K))
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=K, initial=done, desc=f"{cfg['partition']['method']} base models", unit="model",
-               disable=not progress, dynamic_ncols=True)
+    trained = []
 
     def step(i: int, s: np.ndarray) -> None:
-        bar.update(1)
+        trained.append(i)
         if callback is not None:
             callback(i, s)
 
     t0 = time.perf_counter()
-    try:
-        scores = train_ensemble(X, y, T, partition, make_model, epochs=tr["epochs"], lr=tr["lr"],
-                                batch_size=tr["batch_size"], jobs=jobs, seed=tr["seed"], out_dir=out,
-                                momentum=tr["momentum"], weight_decay=tr["weight_decay"], callback=step)
-    finally:
-        bar.close()
+    # every setting that changes a base model is in the ensemble's manifest: a different one is refused
+    settings = {key: cfg[key] for key in ("data", "partition", "model")}
+    scores = train_ensemble(X, y, T, partition, make_model, epochs=tr["epochs"], lr=tr["lr"],
+                            batch_size=tr["batch_size"], jobs=jobs, seed=tr["seed"], out_dir=out,
+                            momentum=tr["momentum"], weight_decay=tr["weight_decay"], callback=step,
+                            settings=settings, progress=progress, desc=f"{cfg['partition']['method']} base models")
     t1 = time.perf_counter()
     atomic_write(out / "config.json", lambda fh: fh.write(json.dumps(cfg, indent=1).encode()))
     atomic_write(out / "labels.npy", lambda fh: np.save(fh, labels))
@@ -193,5 +196,5 @@ def run_election(config: Any, *, out_dir: Any = None, jobs: Optional[int] = None
     radii = list(cfg["certify"]["radii"])
     accuracy = {m: certified_accuracy(c, radii) for m, c in certs.items()}
     write_accuracy_csv(out / "certified_accuracy.csv", radii, accuracy)
-    return ElectionResult(cfg, partition, scores, labels, certs, radii, accuracy, trained=K - done,
+    return ElectionResult(cfg, partition, scores, labels, certs, radii, accuracy, trained=len(trained),
                           train_seconds=t1 - t0, certify_seconds=time.perf_counter() - t1)

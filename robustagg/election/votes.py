@@ -29,7 +29,7 @@ import torch
 
 from robustagg._validation import check_choice
 
-__all__ = ["combine_scores", "plurality", "run_off", "vote_counts"]
+__all__ = ["column_hist", "combine_scores", "plurality", "run_off", "vote_counts"]
 
 
 def as_scores(scores: Any) -> np.ndarray:
@@ -47,6 +47,17 @@ def as_scores(scores: Any) -> np.ndarray:
     if C < 2:
         raise ValueError(f"scores need at least two classes, got {C}")
     return arr
+
+
+def column_hist(values: np.ndarray, nbins: int) -> np.ndarray:
+    """``(n, nbins)`` histogram of each column of a ``(K, n)`` array of integers in ``[0, nbins)``.
+
+    Round-1 vote counts (``nbins = C``) and the bucket-reduction histograms of
+    Finite Aggregation are both this one ``bincount``.
+    """
+    n = values.shape[1]
+    flat = values + (np.arange(n, dtype=np.int64) * nbins)[None, :]
+    return np.bincount(flat.ravel(), minlength=n * nbins).reshape(n, nbins)
 
 
 def chunk_size(scores: np.ndarray, elements: int = 1 << 22) -> int:
@@ -85,8 +96,7 @@ def election(sc: np.ndarray, *, run_off: bool = True, bits: bool = False) -> Rou
     votes = sc.argmax(axis=2)  # first maximum: ties to the smaller index (a NaN wins argmax)
     if sc.dtype.kind == "f" and np.isnan(np.take_along_axis(sc, votes[..., None], 2)).any():
         raise ValueError("scores contain NaN: a base model's output must be comparable")
-    flat = (votes + C * np.arange(n)[None, :]).ravel()
-    counts = np.bincount(flat, minlength=n * C).reshape(n, C)
+    counts = column_hist(votes, C)
     first = counts.argmax(axis=1)
     masked = counts.copy()
     masked[np.arange(n), first] = -1
