@@ -46,7 +46,7 @@ def read_app(app_dir: Any, run_config: Optional[Dict[str, Any]] = None) -> Tuple
     an override naming a key the app does not have raises ``ValueError`` (as ``flwr run``).
     """
     from flwr.common.config import flatten_dict
-    from robustagg.train._toml import tomllib
+    import tomllib
 
     path = Path(app_dir) / "pyproject.toml"
     if not path.is_file():

@@ -66,7 +66,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from robustagg.train import TrainConfig, apply_overrides
 from robustagg.train import components
-from robustagg.train._toml import tomllib
+from robustagg._toml import read_toml
 from robustagg.train.optim import resolve_schedule
 
 #: The ``[flower]`` table: settings that only a Flower run has (defaults).
@@ -104,8 +104,7 @@ def read(config: Any, overrides: Sequence[str] = (),
     elif isinstance(config, dict):
         raw = copy.deepcopy(config)
     elif isinstance(config, (str, os.PathLike)):
-        with open(config, "rb") as fh:
-            raw = tomllib.load(fh)
+        raw = read_toml(config)
     else:
         raise TypeError(f"a configuration must be a TrainConfig, a dict or a path to a TOML file, "
                         f"got {type(config).__name__}")

@@ -20,7 +20,7 @@ _AGGREGATOR_NAMES = (
 )
 #: names re-exported from robustagg.gradients
 _GRADIENT_NAMES = ("aggregate_gradients", "stack_gradients")
-_LAZY = ("aggregators", "attacks", "data", "faults", "models", "participation", "poisoning", "train")
+_LAZY = ("aggregators", "attacks", "collective", "data", "election", "faults", "models", "participation", "poisoning", "train")
 
 
 def __getattr__(name):

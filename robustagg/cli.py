@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 #: (name, module holding add_arguments/run, one-line help)
 SUBCOMMANDS = [
-    ("list", "robustagg.cli", "list rules, attacks, faults, poisoning, participation models, datasets, models"),
+    ("list", "robustagg.cli", "list rules, attacks, faults, poisoning, participation models, datasets, models, certification methods"),
     ("train", "robustagg.train.cli", "train a model under attack from a TOML configuration (parameter server or MoNNA)"),
     ("certify", "robustagg.election.cli", "certified accuracy of saved ensemble scores (DPA, FA, run-off election)"),
     ("election", "robustagg.election.cli", "train and certify a DPA/FA ensemble from a TOML configuration"),
@@ -35,10 +35,11 @@ FAMILIES: Dict[str, Tuple[Sequence[str], Sequence[str], str]] = {
     "rules": (("aggregators/*.py",), ("register",), "robustagg.aggregators"),
     "attacks": (("attacks/*.py",), ("register",), "robustagg.attacks"),
     "faults": (("faults/*.py",), ("register",), "robustagg.faults"),
-    "poisoning": (("poisoning/*.py",), ("register", "REGISTRY.register"), "robustagg.poisoning"),
+    "poisoning": (("poisoning/__init__.py",), ("_registered",), "robustagg.poisoning"),
     "participation": (("participation.py",), ("register",), "robustagg.participation"),
     "datasets": (("data/*.py",), ("DATASETS.register",), "robustagg.data"),
     "models": (("models.py",), ("MODELS.register",), "robustagg.models"),
+    "methods": (("election/certificates.py",), ("METHODS.register",), "robustagg.election"),
 }
 
 
@@ -73,7 +74,7 @@ def registered_names(family: str) -> List[str]:
 
 def _imported(family: str, module: str) -> List[str]:
     mod = importlib.import_module(module)
-    registry = {"datasets": "DATASETS", "models": "MODELS"}.get(family, "REGISTRY")
+    registry = {"datasets": "DATASETS", "models": "MODELS", "methods": "METHODS"}.get(family, "REGISTRY")
     return getattr(mod, registry).available()
 
 

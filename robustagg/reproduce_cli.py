@@ -94,8 +94,8 @@ def _roe(module: ModuleType, quick: bool, out: Optional[str], processes: Optiona
         where = None if out is None else (out if scale != "cnn" else f"{out.rstrip('/')}-cnn")
         if fresh:
             shutil.rmtree(where or ("results/roe" if scale == "full" else f"results/roe-{scale}"), ignore_errors=True)
-        # tqdm bars (one per ensemble) only on a terminal: in a log they are one endless line
-        results[scale] = module.run(scale, where, jobs=processes or 2, progress=progress and sys.stderr.isatty())
+        # progress: a bar per ensemble on a terminal, about ten lines per ensemble in a log
+        results[scale] = module.run(scale, where, jobs=processes or 2, progress=progress)
     parts = []
     for scale, res in results.items():
         v = res["verdict"]

@@ -28,7 +28,8 @@ def run_and_check_torch(args):
 
 @pytest.mark.parametrize("args, shows", [(["--help"], "usage: robustagg"), (["train", "--help"], "--resume"),
                                          (["list", "rules"], "trimmed-mean"), (["list", "datasets"], "digits"),
-                                         (["list", "participation"], "full"), (["list", "models"], "mlp")])
+                                         (["list", "participation"], "full"), (["list", "models"], "mlp"),
+                                         (["list"], "poisoning: augmented"), (["list", "methods"], "fa+roe")])
 def test_help_and_list_do_not_import_torch(args, shows):
     stdout, torch_imported = run_and_check_torch(args)
     assert shows in stdout and not torch_imported, stdout
@@ -38,7 +39,8 @@ def test_help_and_list_do_not_import_torch(args, shows):
 def test_list_reads_the_same_names_as_the_registries(family):
     live = {"rules": ra.available, "attacks": ra.attacks.available, "faults": ra.faults.available,
             "poisoning": ra.poisoning.available, "participation": ra.participation.available,
-            "datasets": ra.data.available, "models": ra.models.available}[family]
+            "datasets": ra.data.available, "models": ra.models.available,
+            "methods": ra.election.available_methods}[family]
     assert cli.registered_names(family) == live()
 
 

@@ -89,28 +89,10 @@ def all_blocks() -> List[Block]:
 
 BLOCKS = all_blocks()
 
-# Blocks of pages owned by other work in progress that do not run yet, keyed by page and first
-# line of code (line numbers move): each still runs as a strict xfail, so a fixed block fails
-# here until its entry is removed; ``run=False`` for blocks too slow or heavy to try (they need
-# a skip marker or a smaller example in the doc). Remove entries as the docs are fixed.
-KNOWN = {
-    ("docs/distributed.md", "import torch.distributed as dist"):
-        ("needs torchrun's RANK/WORLD_SIZE environment: wants a skip marker", True),
-    ("docs/election.md", "import numpy as np"):
-        ("train_images, train_X, make_model, ... are never defined", True),
-    ("docs/flag.md", "FlagAggregator(f=0, m=None, lam=0.0, iters=5, tol=1e-10, eps=1e-7,"):
-        ("a signature, not code: FlagAggregator is never imported", True),
-    ("docs/training.md", "from robustagg.train import build, TrainConfig"):
-        ("reads experiment.toml, which does not exist", True),
-    ("docs/training.md", "from robustagg.train import build"):
-        ("uses torch without importing it (NameError)", True),
-    ("docs/training.md", "ps = ParameterServer(cfg)"):
-        ("ParameterServer and cfg are never defined on the page", True),
-    ("docs/flower.md", "from federated import simulate"):
-        ("a Flower simulation of about 30 s on a busy 2-core machine: too slow for this test", False),
-    ("docs/flower.md", "import robustagg as ra"):
-        ("a 10-round Flower simulation that starts Ray: too slow for this test", False),
-}
+# Blocks that do not run yet, keyed by (page, first line of code): each runs as a strict xfail
+# with its reason, so a fixed block fails here until its entry is removed. Empty: every block
+# runs or carries a ``<!-- snippet: skip (reason) -->`` marker.
+KNOWN: dict = {}
 
 
 def first_line(block: Block) -> str:

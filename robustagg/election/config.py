@@ -43,10 +43,10 @@ from __future__ import annotations
 
 import copy
 import difflib
-import tomllib
 from pathlib import Path
 from typing import Any, Dict, Mapping, Union
 
+from robustagg._toml import read_toml
 from robustagg._validation import check_choice, check_float, check_int
 
 __all__ = ["DEFAULT_RADII", "SCHEMA", "load_config", "validate_config"]
@@ -207,11 +207,7 @@ def load_config(source: Union[str, Path, Mapping[str, Any]]) -> Dict[str, Any]:
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"configuration file {str(path)!r} not found")
-    try:
-        with open(path, "rb") as fh:
-            raw = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: invalid TOML: {exc}") from None
+    raw = read_toml(path)
     try:
         return validate_config(raw)
     except (TypeError, ValueError) as exc:

@@ -58,9 +58,11 @@ def _registered(name: str, function: Callable[..., Any]) -> None:
     REGISTRY.register(name)(factory)
 
 
-for _name, _function in (("label-flip", label_flip), ("targeted-label-flip", targeted_label_flip),
-                         ("backdoor", backdoor), ("augmented", augmented)):
-    _registered(_name, _function)
+# one call per name, with the name as a literal: `robustagg list` reads them from the source
+_registered("label-flip", label_flip)
+_registered("targeted-label-flip", targeted_label_flip)
+_registered("backdoor", backdoor)
+_registered("augmented", augmented)
 
 
 def get(name: str, **params: Any) -> Poisoner:
