@@ -207,3 +207,15 @@ def test_a_decision_from_the_whole_statistic_applies_shard_by_shard(name):
     decision = rule._decide(statistic, rule.f)
     out = torch.cat([rule._apply(s, decision) for s in shards], dim=-1)
     assert torch.allclose(out, ra.get(name, f=2)(X), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [(1e20, -1e20), (1e20, 1e38)])
+def test_geometric_median_stays_with_the_honest_rows_when_far_rows_do_not_overflow(bad):
+    """float64 rows of 1e20 / 1e38 do not overflow, so they are not dropped; the Weiszfeld start
+    must not be the mean of all rows, whose Gram-space norm cancels to ~1e23 of rounding (the fuzz
+    found outputs 1e3 and 7e19 away from the honest mean before the fix)."""
+    torch.manual_seed(0)
+    H = 1 + 0.1 * torch.randn(3, 5, dtype=torch.float64)
+    X = torch.cat([torch.full((1, 5), bad[0], dtype=torch.float64), torch.full((1, 5), bad[1], dtype=torch.float64), H])
+    out = ra.get("geometric-median", f=2)(X)
+    assert float((out - H.mean(0)).norm()) <= float(3 * (H - H.mean(0)).norm(dim=1).max())

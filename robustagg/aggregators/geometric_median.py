@@ -80,7 +80,17 @@ class GeometricMedian(Aggregator):
         off = D[~torch.eye(n, dtype=torch.bool, device=D.device)]
         scale = float(off.to(torch.float64).median().sqrt()) if off.numel() else 0.0
         nu = self.nu * (scale if scale > 0 else 1.0)
-        alpha = torch.full((n,), 1.0 / n, dtype=torch.float64, device=D.device)
+        # start at the mean of the n - f rows nearest a centre row, not at the mean of all rows: a
+        # combination with weight on far rows (1e20 where the others are ~1) has a squared norm
+        # alpha' G alpha whose terms cancel to ~1e23 of rounding; from this start every Weiszfeld
+        # step keeps alpha_i |x_i| bounded. With f = 0 it is the mean, as before.
+        # the centre row: the smallest sum of distances to its n - f - 1 nearest (Krum's score, blind
+        # to the f farthest rows, whose 1e76-sized distances would swamp a plain sum)
+        D64 = D.to(torch.float64)
+        centre = int(torch.argmin(ops.krum_scores(D64, n - f - 1 if n - f > 1 else n - 1)))
+        nearest = torch.argsort(D64[centre], stable=True)[: n - f]
+        alpha = torch.zeros(n, dtype=torch.float64, device=D.device)
+        alpha[nearest] = 1.0 / (n - f)
 
         def distances(a):
             Ga = G64 @ a
