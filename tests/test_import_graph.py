@@ -78,3 +78,8 @@ def test_no_import_cycle_between_the_modules_of_train_and_data():
     edges = graph()
     for package in ("robustagg.train.", "robustagg.data."):
         assert find_cycle(edges, package) is None
+
+
+def test_no_import_cycle_in_the_whole_package():
+    """The code map of robustagg (every module, imports inside functions included) has no circle."""
+    assert find_cycle(graph(), "robustagg") is None
