@@ -318,3 +318,43 @@ def largest_eigenpair(K: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """The largest eigenvalue and its eigenvector of the symmetric ``(.., n, n)`` matrix ``K`` (float64)."""
     values, vectors = torch.linalg.eigh(K.to(torch.float64))
     return values[..., -1], vectors[..., :, -1]
+
+
+# ------------------------------------------------------------ NNM at its floor ----
+
+
+def farthest_sets(D: torch.Tensor, f: int) -> torch.Tensor:
+    """``(n, f)`` indices of the rows outside each row's ``n - f`` nearest (itself first, then by
+    distance, lower index on ties): the complement of :func:`nearest_weights`' choice."""
+    n = D.shape[0]
+    keyed = D.to(torch.float64).clone()
+    keyed.fill_diagonal_(-1.0)
+    return torch.sort(keyed, dim=1, stable=True).indices[:, n - f :]
+
+
+def mix_nearest(X: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
+    r"""Row ``i``: the mean of the rows not in ``far[i]``, as one shared sum plus ``f``-sparse corrections.
+
+    The shared sum leaves out ``E``, the ``f`` rows most often in the ``far`` sets (lower index on
+    ties), so no large row is added then subtracted; row ``i`` subtracts ``far[i] \ E`` and adds
+    ``E \ far[i]``. Extra memory: the output only. Differentiable inputs take a dense product."""
+    n, f = far.shape
+    if f == 0 or (X.requires_grad and torch.is_grad_enabled()):
+        W = torch.ones((n, n), dtype=torch.float64, device=X.device)
+        W.scatter_(1, far.to(X.device), 0.0)
+        return combine_rows(W / (n - f), X)
+    counts = torch.bincount(far.flatten().cpu(), minlength=n)
+    E = torch.sort(-counts, stable=True).indices[:f]
+    in_E = torch.zeros(n, dtype=torch.bool)
+    in_E[E] = True
+    base = combine_rows((~in_E).to(torch.float64), X)
+    out = base.expand(n, -1).clone()
+    far_cpu = far.cpu()
+    for i in range(n):
+        in_far = torch.zeros(n, dtype=torch.bool)
+        in_far[far_cpu[i]] = True
+        for j in torch.nonzero(in_far & ~in_E).flatten().tolist():
+            out[i].sub_(X[j])
+        for j in torch.nonzero(in_E & ~in_far).flatten().tolist():
+            out[i].add_(X[j])
+    return out.div_(n - f)
