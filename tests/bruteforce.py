@@ -288,3 +288,12 @@ def clipped_clustering(X, history=()):
     chosen = [g for g in groups if len(g) == big]
     assert len(chosen) == 1, "equal cluster sizes: not covered by this reference"
     return Y[chosen[0]].mean(axis=0)
+
+
+def weiszfeld_fixed(X, iters, z0=None):
+    """Exactly ``iters`` plain Weiszfeld steps from the mean or ``z0``."""
+    z = X.mean(axis=0) if z0 is None else np.array(z0, dtype=float)
+    for _ in range(iters):
+        w = np.array([1.0 / math.sqrt(sum((x - z) ** 2)) for x in X])
+        z = (w[:, None] * X).sum(axis=0) / w.sum()
+    return z
