@@ -82,3 +82,21 @@ def test_inplace_clipping_mutates_the_callers_rows_and_the_default_does_not(name
     A = gaussian(9, 4, 3, scale=5.0)
     ra.get(name, inplace=True, **params)(A)
     np.testing.assert_allclose(A, out.numpy(), rtol=1e-12)
+
+
+def test_gradient_label_flip_sends_the_flipped_label_gradient():
+    from robustagg.attacks import GradientLabelFlip
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    inputs, labels = torch.randn(10, 4), torch.tensor([0, 1, 2, 2, 1, 0, 0, 1, 2, 0])
+    d = sum(p.numel() for p in model.parameters())
+    out = GradientLabelFlip(model, inputs, labels, num_classes=3)(torch.randn(6, d), 2)
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(model(inputs), 2 - labels).backward()
+    want = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert out.shape == (2, d)
+    torch.testing.assert_close(out[0], want)
+    torch.testing.assert_close(out[1], want)
+    with pytest.raises(ValueError, match="0 .. 2"):
+        GradientLabelFlip(model, inputs, labels + 1, num_classes=3)(torch.randn(6, d), 1)
