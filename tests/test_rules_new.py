@@ -154,3 +154,16 @@ def test_dnc_draws_new_columns_each_call_and_reset_restarts():
     rule.reset()
     close(rule(X), first[0])
     assert any(not np.allclose(first[0], other) for other in first[1:])
+
+
+def test_monna_distances_stay_accurate_far_from_the_origin():
+    """Rows at 1e4 with spread 1e-3 in float32: |x|^2 - 2 x.v + |v|^2 keeps no digit of the
+    distances; the rule must pick the same neighbours as the float64 definition."""
+    X = 1e4 + 1e-3 * gaussian(9, 6, 2)
+    out = ra.get("monna", f=3, index=2)(torch.tensor(X, dtype=torch.float32))
+    want = bf.monna(X, 3, 2)
+    np.testing.assert_allclose(out.double().numpy(), want, rtol=1e-6)
+    rule = ra.get("monna", f=3, index=2)
+    rule(torch.tensor(X, dtype=torch.float32))
+    D = bf.sq_dist_matrix(X)
+    assert rule.last["selected"] == sorted(sorted(range(9), key=lambda j: (j != 2, D[2, j], j))[:6])

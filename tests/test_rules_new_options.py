@@ -14,7 +14,7 @@ from robustagg.aggregators import ops
 
 
 @pytest.mark.parametrize("n,f,seed", [(5, 2, 0), (9, 3, 1), (15, 3, 2), (20, 9, 3)])
-def test_nnm_floor_equals_the_dense_product(n, f, seed):
+def test_nnm_matches_the_dense_definition_and_bruteforce(n, f, seed):
     X = torch.tensor(gaussian(n, 7, seed))
     D, _ = ops.sq_distances(X)
     dense = ops.combine_rows(ops.nearest_weights(D, n - f), X)
@@ -34,7 +34,7 @@ def test_nnm_honest_rows_do_not_cancel_against_far_outliers():
     np.testing.assert_allclose(out[honest], want[honest], rtol=1e-12, atol=1e-12)
 
 
-def test_nnm_gradient_path_matches():
+def test_nnm_with_gradients_matches():
     X = torch.tensor(gaussian(9, 4, 1), requires_grad=True)
     out = ra.get("nnm", f=2)(X)
     out.sum().backward()

@@ -82,10 +82,12 @@ class FLTrust(Aggregator):
             if self.reference.numel() != X.shape[1]:
                 raise ValueError(f"fltrust: reference has {self.reference.numel()} entries, updates have {X.shape[1]}")
             g0, source = self.reference.to(device=X.device), "server"
-        acc = torch.float64
-        Xd = X.detach()
-        dots = (Xd @ g0.to(Xd.dtype)).to(acc) if Xd.dtype == acc else (Xd.to(acc) @ g0.to(acc))
-        return dots, ops.row_norms(Xd.to(acc)), float(torch.linalg.vector_norm(g0.to(acc))), source
+        # one matrix-vector product and one norm pass in the input's dtype (no float64 copy of X)
+        Xd, acc = X.detach(), ops.accumulation_dtype(X.dtype)
+        g = g0.to(Xd.dtype)
+        dots = (Xd @ g).to(torch.float64) if acc == Xd.dtype else (Xd.to(acc) @ g.to(acc)).to(torch.float64)
+        norms = ops.row_norms(Xd if acc == Xd.dtype else Xd.to(acc)).to(torch.float64)
+        return dots, norms, float(torch.linalg.vector_norm(g0.to(torch.float64))), source
 
     def _decide(self, statistic, f):
         dots, norms, g0_norm, source = statistic

@@ -22,7 +22,9 @@ class MoNNA(Aggregator):
     ``nna`` mixing of :mod:`robustagg.train.p2p` for node ``index``. Distances are measured
     from ``x_index`` only (one pass over the input, no Gram matrix). If the own row is
     non-finite (dropped, counted against ``f``), the centre is the coordinate-wise median of the
-    rows kept instead. The output depends on which row is the caller's by design.
+    rows kept instead. The squared distances come from one matrix-vector product and the row norms
+(:math:`\|x_j\|^2 + \|x_i\|^2 - 2 x_j^\top x_i`), recomputed from explicit differences when some
+distance is too small against the norms for that to be accurate. The output depends on which row is the caller's by design.
     ``last["selected"]`` lists the averaged inputs.
 
     Parameters
@@ -59,7 +61,7 @@ class MoNNA(Aggregator):
         else:
             own = int(own)
             centre = X[own].detach()
-        return ops.distances_to(X.detach(), centre).to(torch.float64), own
+        return _sq_distances_to(X.detach(), centre), own
 
     def _decide(self, statistic, f):
         dist, own = statistic
@@ -70,3 +72,18 @@ class MoNNA(Aggregator):
         chosen = torch.sort(keyed, stable=True).indices[: n - f]
         self.last = {"selected": self._original(sorted(chosen.tolist()))}
         return ops.selection_weights(n, chosen, dist.device)
+
+
+def _sq_distances_to(X: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``||x_j - v||^2`` (float64) from ``X @ v`` and the norms; from explicit differences when
+    cancellation would cost more than about 3 of the dtype's digits."""
+    acc = ops.accumulation_dtype(X.dtype)
+    Xa, va = (X, v) if acc == X.dtype else (X.to(acc), v.to(acc))
+    dots = (Xa @ va).to(torch.float64)
+    sq = ops.row_norms(Xa).to(torch.float64) ** 2
+    sv = float(torch.linalg.vector_norm(va.to(torch.float64))) ** 2
+    d2 = (sq + sv - 2 * dots).clamp_min(0)
+    eps = torch.finfo(acc).eps
+    if not bool(torch.isfinite(d2).all()) or bool((d2 < (16 * eps / 1e-3) * (sq + sv)).sum() > 1):
+        d2 = ops.distances_to(X, v).to(torch.float64) ** 2  # (the centre itself is always "too close")
+    return d2
