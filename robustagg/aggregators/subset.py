@@ -98,7 +98,7 @@ class MDA(_SubsetRule):
     smallest sum of squared pairwise distances wins, so the output does not depend on the
     order of the inputs (then the lexicographically first removed set). The search works on the
     ``n x n`` distances alone. It is exact while the ``C(n, f)`` subsets number at most
-    ``max_subsets`` (20,000: every ``f`` for ``n <= 17``, ``f <= 3`` up to ``n = 50``); beyond,
+    ``max_subsets`` (20,000: every ``f`` for ``n <= 16``, ``f <= 3`` up to ``n = 50``); beyond,
     it takes the best of the ``n`` balls "an input and its ``n - f - 1`` nearest": the optimal
     subset holds some input whose ``n - f`` nearest are within the optimal diameter, so that
     ball's diameter is at most twice the minimum. ``last["exact"]`` says which was done and
