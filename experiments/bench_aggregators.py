@@ -37,6 +37,15 @@ RULES = ["mean", "median", "trimmed-mean", "meamed", "geometric-median", "krum",
          "centered-clipping", "nnm", "bucketing", "clipping", "arc"]
 #: issue 15's rules (section "aggregators-new", sizes (15, 1e6) and (60, 1e6))
 NEW_RULES = ["nnm", "cge", "mda", "smea", "caf", "dnc", "clipped-clustering", "fltrust", "monna"]
+NEW_NOTE = (
+    "ByzFL has MDA, SMEA, CAF, MoNNA and NNM; its MDA and SMEA enumerate every subset and are not run "
+    "past 5,000 subsets (n = 60, f = 12: C(60, 12) ~ 1.4e12). blades (PyPI 0.1.1234, the only release) ships "
+    "no aggregator modules (its ClippedClustering, DnC and FLTrust live in the repository's `fllib`) and pins "
+    "torchvision 0.15 (it would replace torch): no blades column. FLTrust is timed with a given reference "
+    "vector; DnC with its defaults (sub_dim 10,000, 5 rounds). The 2-core machine was shared with other "
+    "jobs during the run (the benchmark ran under `nice`): ratios to the floors are from the same run, "
+    "absolute times vary between runs by up to ~3x."
+)
 #: ByzFL enumerates every subset for these: not run beyond this many
 PEER_MAX_SUBSETS = 5000
 
@@ -219,7 +228,15 @@ def markdown(results: List[Dict], peers: bool) -> str:
         lines.append("")
     if not peers:
         lines.append("ByzFL was not installed for this run: its columns are empty.")
+    if any(r["rule"] in NEW_RULES[1:] for res in results for r in res["rows"]):
+        lines += ["", NEW_NOTE]
     return "\n".join(lines) + "\n"
+
+
+def _new_section(text: str) -> str:
+    return text.replace("## Aggregation rules", "## Issue 15's rules", 1).replace(
+        "Regenerate with `make bench`.",
+        "Regenerate with `python experiments/bench_aggregators.py --new --write docs/benchmarks.md`.", 1)
 
 
 def main(argv=None) -> None:
@@ -245,7 +262,7 @@ def main(argv=None) -> None:
     flag = None if args.no_flag else flag_section(args.quick)
     if args.write:
         write_section(args.write, "aggregators-new" if args.new else "aggregators",
-                      text.replace("## Aggregation rules", "## Issue 15's rules", 1) if args.new else text)
+                      _new_section(text) if args.new else text)
         if flag:
             write_section(args.write, "flag", flag)
         print(f"wrote {args.write}")
