@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import torch
@@ -44,6 +45,7 @@ class FLTrust(Aggregator):
     summary = "Σ ReLU(cos(x_i, g_0)) ‖g_0‖/‖x_i‖ x_i / Σ ReLU(cos): g_0 the server's gradient (`set_reference`)"
 
     bound = "n > f"
+    nonfinite_shows_in_output = True  # a NaN/Inf entry makes its trust score, so every weight, NaN
     decomposition = "gram-weights"  # statistic: x_i . g_0 and the norms (a row of the Gram matrix of [X; g_0])
     _parameter_constraints = {**Aggregator._parameter_constraints,
                               "reference": Opaque(invalid=["abc", [[1.0, 2.0], [3.0, 4.0]], [float("nan"), 1.0]])}
@@ -87,6 +89,10 @@ class FLTrust(Aggregator):
         g = g0.to(Xd.dtype)
         dots = (Xd @ g).to(torch.float64) if acc == Xd.dtype else (Xd.to(acc) @ g.to(acc)).to(torch.float64)
         norms = ops.row_norms(Xd if acc == Xd.dtype else Xd.to(acc)).to(torch.float64)
+        over = torch.nonzero(~(torch.isfinite(dots) & torch.isfinite(norms))).flatten()
+        if over.numel():  # finite rows whose norm or inner product overflows the dtype: redo in float64
+            rows = Xd.index_select(0, over).to(torch.float64)
+            dots[over], norms[over] = rows @ g0.to(device=rows.device, dtype=torch.float64), ops.row_norms(rows)
         return dots, norms, float(torch.linalg.vector_norm(g0.to(torch.float64))), source
 
     def _decide(self, statistic, f):
@@ -94,6 +100,9 @@ class FLTrust(Aggregator):
         safe = norms.clamp_min(torch.finfo(torch.float64).tiny)
         trust = torch.where(norms > 0, (dots / safe / max(g0_norm, 1e-300)).clamp_min(0), torch.zeros_like(dots))
         total = float(trust.sum())
-        w = trust * g0_norm / safe / total if total > 0 else torch.zeros_like(trust)
+        if not math.isfinite(total):  # a non-finite row: NaN weights, so the base class cleans and redoes
+            w = torch.full_like(trust, math.nan)
+        else:
+            w = trust * g0_norm / safe / total if total > 0 else torch.zeros_like(trust)
         self.last = {"trust": trust, "reference": source}
         return w
