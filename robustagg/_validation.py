@@ -1,7 +1,10 @@
 """The one set of argument checks used by every rule, attack and fault.
 
 Each helper returns the validated value so constructors read
-``self.f = check_int(f, "f", minimum=0)``.
+``self.f = check_int(f, "f", minimum=0)``. Aggregation rules declare their parameters
+instead (``_parameter_constraints``, with :class:`Integer`, :class:`Real`, :class:`Choice`,
+:class:`Opaque`) and read ``self.tau = self._check("tau", tau)``; each constraint also lists
+values it rejects, from which a registry-wide test checks every rule's errors.
 """
 
 from __future__ import annotations
@@ -144,11 +147,6 @@ class Choice:
 
     def invalid_values(self) -> list:
         return ["no-such-option", None, 1]
-
-
-def check_params(constraints: dict, name: str, value: Any) -> Any:
-    """Validate ``value`` against ``constraints[name]`` (raises ``TypeError``/``ValueError`` naming it)."""
-    return constraints[name].check(value, name)
 
 
 class Opaque:

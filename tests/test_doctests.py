@@ -22,7 +22,8 @@ def _modules():
     for package in (robustagg, federated):
         names.append(package.__name__)
         for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
-            names.append(info.name)
+            if not info.name.endswith(".__main__"):  # importing runs a command
+                names.append(info.name)
     return sorted(names)
 
 

@@ -5,7 +5,9 @@ The stated guarantees checked here, for f bad rows among honest rows h_1..h_k wi
 * coordinate-wise rules (median, trimmed mean, MeaMed, Bulyan): the output lies in the box
   spanned per coordinate by the honest values and 0 (pre-aggregators average honest rows or
   scale them by a factor in [0, 1]);
-* the other robust rules: ``||out - mu|| <= ||mu|| + 3 max_i ||h_i - mu||``;
+* the other robust rules: ``||out - mu|| <= ||mu|| + 3 max_i ||h_i - mu||`` (plus ``f tau / n'``
+  for centered clipping, each bad row moving its first step by at most ``tau / n'``, where
+  ``n' >= 2f + 1`` rows reach it);
 * the Flag Aggregator (output on another scale): the output points along mu (cosine > 0.9);
 * the mean (not robust): a finite output, in the box when the bad rows are NaN (dropped).
 """
@@ -43,7 +45,7 @@ def honest_and_bad(n_honest, n_bad, d, value, dtype, seed=0, positions=None):
     return X, H
 
 
-def check_output(name, out, H, nan_bad):
+def check_output(name, out, H, nan_bad, f=F):
     H = H.double()
     out = out.double()
     assert torch.isfinite(out).all(), f"{name}: non-finite output"
@@ -58,6 +60,8 @@ def check_output(name, out, H, nan_bad):
         assert cos > 0.9, f"flag: cosine {cos} with the honest mean"
     elif name != "mean":
         radius = float(mu.norm() + 3 * (H - mu).norm(dim=1).max())
+        if name == "centered-clipping":
+            radius += f * ra.get(name).tau / (2 * f + 1)
         assert float((out - mu).norm()) <= radius, f"{name}: {float((out - mu).norm())} from the honest mean"
 
 
@@ -169,7 +173,7 @@ def test_fuzz_random_pipelines_with_random_bad_rows(case):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ra.NonFiniteUpdateWarning)
         out = p(X)
-    check_output(final, out, H, nan_bad=False)
+    check_output(final, out, H, nan_bad=False, f=p.stages[-1].f)
 
 
 # ------------------------------------------------- statistic -> decision -> application --

@@ -55,7 +55,9 @@ class CenteredClipping(Aggregator):
         _check_keys(self, state, ("center",))
         center = state["center"]
         if center is not None and not isinstance(center, torch.Tensor):
-            raise TypeError(f"centered-clipping: the state's center must be a tensor or None, got {type(center).__name__}")
+            raise TypeError(
+                f"centered-clipping: the state's center must be a tensor or None, got {type(center).__name__}"
+            )
         self.center = None if center is None else center.detach().clone()
 
     def _aggregate(self, X, f, G):

@@ -59,7 +59,9 @@ class Pipeline(Aggregator):
     def load_state_dict(self, state: dict) -> None:
         _check_keys(self, state, ("stages",))
         if len(state["stages"]) != len(self.stages):
-            raise ValueError(f"{self.name}: the state has {len(state['stages'])} stage(s), the pipeline has {len(self.stages)}")
+            raise ValueError(
+                f"{self.name}: the state has {len(state['stages'])} stage(s), the pipeline has {len(self.stages)}"
+            )
         for stage, sub in zip(self.stages, state["stages"]):
             stage.load_state_dict(sub)
 
