@@ -173,3 +173,127 @@ def arc(X, f):
     k = (2 * f * (n - f)) // n
     norms = sorted((math.sqrt(sum(v * v for v in x)) for x in X), reverse=True)
     return clipping(X, norms[k])
+
+
+# ------------------------------------------------------------------ issue 15's rules
+
+
+def cge(X, f):
+    norms = [math.sqrt(sum(v * v for v in x)) for x in X]
+    kept = sorted(range(len(X)), key=lambda i: (norms[i], i))[: len(X) - f]
+    return X[kept].mean(axis=0)
+
+
+def _subsets(n, k):
+    """Every kept set of size k, in the order of its removed set (lexicographic)."""
+    for removed in itertools.combinations(range(n), n - k):
+        yield [i for i in range(n) if i not in removed]
+
+
+def mda_subset(X, f):
+    """Smallest diameter, then smallest sum of squared pairwise distances, then first."""
+    D = sq_dist_matrix(X)
+    best, best_key = None, None
+    for S in _subsets(X.shape[0], X.shape[0] - f):
+        key = (max(D[i, j] for i in S for j in S), sum(D[i, j] for i in S for j in S))
+        if best_key is None or key < best_key:
+            best, best_key = S, key
+    return best
+
+
+def mda(X, f):
+    return X[mda_subset(X, f)].mean(axis=0)
+
+
+def top_covariance_eigenvalue(Y, w=None):
+    w = np.ones(len(Y)) if w is None else w
+    mu = (w[:, None] * Y).sum(axis=0) / w.sum()
+    cov = sum(wi * np.outer(y - mu, y - mu) for wi, y in zip(w, Y)) / w.sum()
+    values, vectors = np.linalg.eigh(cov)
+    return values[-1], vectors[:, -1], mu
+
+
+def smea(X, f):
+    best, best_val = None, math.inf
+    for S in _subsets(X.shape[0], X.shape[0] - f):
+        val = top_covariance_eigenvalue(X[S])[0]
+        if val < best_val:
+            best, best_val = S, val
+    return X[best].mean(axis=0)
+
+
+def caf(X, f):
+    """Weights c_i = 1; while sum c > n - 2f: mean and covariance under c, tau_i = squared
+    projection on the top eigenvector, c_i *= 1 - tau_i / max over weighted tau; the mean of
+    smallest top eigenvalue."""
+    n = X.shape[0]
+    c = np.ones(n)
+    best, best_val = X.mean(axis=0), math.inf
+    for _ in range(n):
+        if c.sum() <= n - 2 * f:
+            break
+        val, v, mu = top_covariance_eigenvalue(X, c)
+        if val < best_val:
+            best, best_val = mu, val
+        tau = np.array([float((x - mu) @ v) ** 2 for x in X])
+        top = tau[c > 0].max()
+        if top <= 0:
+            break
+        c = np.maximum(c * (1 - tau / top), 0)
+    return best
+
+
+def dnc(X, f, column_sets, filter_frac=1.0):
+    n = X.shape[0]
+    good = set(range(n))
+    for cols in column_sets:
+        Y = X[:, cols]
+        Z = Y - Y.mean(axis=0)
+        v = np.linalg.svd(Z)[2][0]
+        scores = [float(z @ v) ** 2 for z in Z]
+        good &= set(sorted(range(n), key=lambda i: (scores[i], i))[: n - math.floor(filter_frac * f)])
+    return X[sorted(good)].mean(axis=0)
+
+
+def fltrust(X, g0):
+    g0n = math.sqrt(sum(v * v for v in g0))
+    total, acc = 0.0, np.zeros(X.shape[1])
+    for x in X:
+        xn = math.sqrt(sum(v * v for v in x))
+        t = max(0.0, float(x @ g0) / (xn * g0n)) if xn > 0 else 0.0
+        total += t
+        acc += t * g0n / xn * x if t > 0 else 0.0
+    return acc / total if total > 0 else acc
+
+
+def monna(X, f, index):
+    D = sq_dist_matrix(X)
+    order = sorted(range(X.shape[0]), key=lambda j: (j != index, D[index, j], j))[: X.shape[0] - f]
+    return X[order].mean(axis=0)
+
+
+def clipped_clustering(X, history=()):
+    """Clip to the median of all norms (history and these), average-linkage clusters of the
+    cosine distances into two, mean of the clipped rows of the larger one."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+
+    n = X.shape[0]
+    norms = [math.sqrt(sum(v * v for v in x)) for x in X]
+    tau = float(np.median(list(history) + norms))
+    Y = np.stack([x * min(1.0, tau / nx) if nx > 0 else x for x, nx in zip(X, norms)])
+    dist = [1 - float(X[i] @ X[j]) / (norms[i] * norms[j]) for i in range(n) for j in range(i + 1, n)]
+    labels = fcluster(linkage(np.array(dist), method="average"), 2, criterion="maxclust")
+    groups = [[i for i in range(n) if labels[i] == k] for k in sorted(set(labels))]
+    big = max(len(g) for g in groups)
+    chosen = [g for g in groups if len(g) == big]
+    assert len(chosen) == 1, "equal cluster sizes: not covered by this reference"
+    return Y[chosen[0]].mean(axis=0)
+
+
+def weiszfeld_fixed(X, iters, z0=None):
+    """Exactly ``iters`` plain Weiszfeld steps from the mean or ``z0``."""
+    z = X.mean(axis=0) if z0 is None else np.array(z0, dtype=float)
+    for _ in range(iters):
+        w = np.array([1.0 / math.sqrt(sum((x - z) ** 2)) for x in X])
+        z = (w[:, None] * X).sum(axis=0) / w.sum()
+    return z

@@ -70,6 +70,8 @@ def check_output(name, out, H, nan_bad, f=F):
 @pytest.mark.parametrize("rule", RULES)
 @pytest.mark.parametrize("pre", PRE)
 def test_every_pre_aggregator_then_every_rule_survives_f_bad_rows(pre, rule, value, dtype):
+    if pre == "bucketing" and rule == "monna":
+        pytest.skip("bucketing merges rows: monna's own row (the caller's vector) no longer exists")
     # n = 21: 11 buckets of 2 after bucketing, enough for Bulyan's n >= 4f + 3
     X, H = honest_and_bad(19, F, 10, value, dtype, positions=[3, 11])
     p = ra.pipeline(ra.get(pre, f=F), ra.get(rule, f=F))

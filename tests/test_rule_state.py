@@ -9,7 +9,8 @@ import torch
 
 import robustagg as ra
 
-STATEFUL = {"centered-clipping": {"center"}, "bucketing": {"generator"}}
+STATEFUL = {"centered-clipping": {"center"}, "bucketing": {"generator"}, "dnc": {"generator"},
+            "clipped-clustering": {"norms"}}
 
 
 def _inputs(seed, n=9, d=4):

@@ -13,9 +13,14 @@ from robustagg.aggregators.phocas import Phocas
 from robustagg.aggregators.pipeline import Pipeline, pipeline
 from robustagg.aggregators.preaggregators import ARC, NNM, Bucketing, Clipping
 from robustagg.aggregators.registry import REGISTRY, available, get, register
+from robustagg.aggregators.subset import CGE, MDA, SMEA
+from robustagg.aggregators.filtering import CAF, DnC
+from robustagg.aggregators.clustering import ClippedClustering
+from robustagg.aggregators.fltrust import FLTrust
+from robustagg.aggregators.monna import MoNNA
 
 __all__ = [
-    "ARC", "Aggregator", "Bucketing", "Bulyan", "CenteredClipping", "Clipping", "FlagAggregator",
+    "ARC", "Aggregator", "Bucketing", "Bulyan", "CAF", "CGE", "ClippedClustering", "DnC", "FLTrust", "MDA", "MoNNA", "SMEA", "CenteredClipping", "Clipping", "FlagAggregator",
     "GeometricMedian",
     "Krum", "Mean", "MeaMed", "Median", "MultiKrum", "NNM", "NonFiniteUpdateWarning", "Phocas", "Pipeline",
     "PreAggregator", "REGISTRY", "TrimmedMean", "as_matrix", "available", "flatten", "get", "ops",

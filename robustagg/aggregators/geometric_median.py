@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, Optional
+
 import numpy as np
 import torch
 
-from robustagg._validation import Choice, Integer, Real
+from robustagg._validation import Choice, Integer, Opaque, Real
 from robustagg.aggregators import ops
 from robustagg.aggregators.base import Aggregator
 from robustagg.aggregators.registry import register
@@ -34,6 +36,12 @@ class GeometricMedian(Aggregator):
     down at the honest inputs' scale then. ``nu`` is relative to the median pairwise
     distance. ``solver="cvxpy"`` solves the same problem with cvxpy (a reference for small
     inputs; needs the ``dev`` extra).
+    ``iters`` runs exactly that many Weiszfeld steps and no stopping test (the fixed count
+    ByzFL's ``nb_iter`` and other peers use); with it, ``init`` starts the iteration from a given
+    point :math:`z^0` (a vector of ``d`` entries) instead of the mean: its distances to the
+    inputs take one pass over the data, after which every iterate is again a convex combination
+    (with ``iters=0`` the output is ``init`` itself). The certified solver (``iters=None``)
+    always starts from the mean.
     ``last`` holds the weights ``alpha``, the iteration count, the objective and its
     certified lower bound. A gradient flows through the final combination only (the
     weights count as constants).
@@ -54,26 +62,41 @@ class GeometricMedian(Aggregator):
     decomposition = "gram-weights"
     _parameter_constraints = {**Aggregator._parameter_constraints, "tol": Real(minimum=0.0, strict_min=True),
                               "max_iter": Integer(minimum=1), "nu": Real(minimum=0.0, strict_min=True),
-                              "solver": Choice("weiszfeld", "cvxpy")}
+                              "solver": Choice("weiszfeld", "cvxpy"), "iters": Integer(minimum=0, optional=True),
+                              "init": Opaque(invalid=["abc", [[1.0], [2.0]], [float("nan")]])}
 
     def __init__(self, f: int = 0, tol: float = 1e-6, max_iter: int = 1000, nu: float = 1e-6,
-                 solver: str = "weiszfeld") -> None:
+                 solver: str = "weiszfeld", iters: Optional[int] = None, init: Any = None) -> None:
         super().__init__(f)
         self.tol = self._check("tol", tol)
         self.max_iter = self._check("max_iter", max_iter)
         self.nu = self._check("nu", nu)
         self.solver = self._check("solver", solver)
+        self.iters = self._check("iters", iters)
+        self.init = None if init is None else _check_vector(init, "init")
 
     def _aggregate(self, X, f, G):
         if self.solver == "cvxpy":
             return self._cvxpy(X)
+        if self.init is not None and self.iters == 0:
+            self.last = {"iterations": 0}
+            return self.init.to(dtype=X.dtype, device=X.device).clone()
         return super()._aggregate(X, f, G)
 
     def _statistic(self, X, G):
-        return ops.sq_distances(X.detach(), None if G is None else G.detach(), reduce=self._gram_over_shards)
+        D, G = ops.sq_distances(X.detach(), None if G is None else G.detach(), reduce=self._gram_over_shards)
+        if self.init is None:
+            return D, G, None
+        offset, total = self._columns(X.shape[1])
+        if self.init.numel() != total:
+            raise ValueError(f"geometric-median: init has {self.init.numel()} entries, updates have {total}")
+        start = self.init.flatten()[offset : offset + X.shape[1]].to(dtype=X.dtype, device=X.device)
+        return D, G, self._sum_over_shards(ops.sq_distances_to(X.detach(), start)).sqrt()
 
     def _decide(self, statistic, f):
-        D, G = statistic
+        D, G, init_dist = statistic
+        if self.iters is not None:
+            return self._fixed(D, G, init_dist)
         n = D.shape[0]
         G64 = G.to(torch.float64)
         diag = torch.diagonal(G64)
@@ -121,6 +144,25 @@ class GeometricMedian(Aggregator):
         self.last = {"weights": alpha, "iterations": iterations, "objective": objective, "lower_bound": lower}
         return alpha
 
+    def _fixed(self, D, G, init_dist):
+        """Exactly ``self.iters`` smoothed Weiszfeld steps from the mean or from ``init``."""
+        n = D.shape[0]
+        G64 = G.to(torch.float64)
+        diag = torch.diagonal(G64)
+        off = D[~torch.eye(n, dtype=torch.bool, device=D.device)]
+        scale = float(off.to(torch.float64).median().sqrt()) if off.numel() else 0.0
+        nu = self.nu * (scale if scale > 0 else 1.0)
+        alpha = torch.full((n,), 1.0 / n, dtype=torch.float64, device=D.device)
+        dist = init_dist
+        for step in range(self.iters):
+            if dist is None:
+                Ga = G64 @ alpha
+                dist = (alpha @ Ga - 2 * Ga + diag).clamp_min(0).sqrt()
+            w = 1.0 / dist.clamp_min(nu)
+            alpha, dist = w / w.sum(), None
+        self.last = {"weights": alpha, "iterations": self.iters}
+        return alpha
+
     def _cvxpy(self, X):
         try:
             import cvxpy as cp
@@ -164,3 +206,18 @@ def _lower_bound(G: torch.Tensor, alpha: torch.Tensor, dist: torch.Tensor, nu: f
     g_dot = g_scale * (r_dot_z - float(Gr.sum()) / n)  # g . (z - mean of the inputs)
     lower = (inner - g_dot) / (1.0 + g_scale * norm_r / n)
     return lower
+
+
+def _check_vector(value: Any, name: str) -> torch.Tensor:
+    if isinstance(value, str):
+        raise TypeError(f"{name} must be a vector, got {value!r}")
+    try:
+        v = torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a vector, got {type(value).__name__}") from None
+    if v.dim() != 1:
+        raise ValueError(f"{name} must be one vector (1-D), got shape {tuple(v.shape)}")
+    v = v.to(torch.float64)
+    if not bool(torch.isfinite(v).all()):
+        raise ValueError(f"{name} must be finite (it holds NaN/Inf)")
+    return v

@@ -20,6 +20,7 @@ from robustagg.attacks.base import REGISTRY, Attack, RandomAttack, register
 from robustagg.attacks.classic import (
     ALIE, FOE, IPM, Gaussian, Inf, Mimic, NaN, Random, Reverse, SignFlip, Zero, alie_z,
 )
+from robustagg.attacks.gradient_label_flip import GradientLabelFlip, flipped_gradient  # needs a model: not registered
 from robustagg.attacks.optimized import ALIEOpt, FOEOpt, IPMOpt, LineSearchAttack, evaluate_rule, line_search
 
 
@@ -34,7 +35,7 @@ def available() -> List[str]:
 
 
 __all__ = [
-    "ALIE", "ALIEOpt", "Attack", "FOE", "FOEOpt", "Gaussian", "IPM", "IPMOpt", "Inf", "LineSearchAttack",
+    "ALIE", "ALIEOpt", "Attack", "FOE", "FOEOpt", "Gaussian", "GradientLabelFlip", "IPM", "IPMOpt", "Inf", "LineSearchAttack",
     "Mimic", "NaN", "REGISTRY", "Random", "RandomAttack", "Reverse", "SignFlip", "Zero", "alie_z",
-    "available", "evaluate_rule", "get", "line_search", "register",
+    "available", "evaluate_rule", "flipped_gradient", "get", "line_search", "register",
 ]
