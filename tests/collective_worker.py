@@ -49,6 +49,13 @@ CASES = {
     "krum-zero-rows": ([("krum", {"f": 1})], "zero", 10, ()),
     # one update per rank, as in data-parallel training
     "geomed-k1": ([("geometric-median", {"f": 0})], "one", 7, ()),
+    "phocas": ([("phocas", {"f": 1})], "uneven", 10, ()),
+    "cge": ([("cge", {"f": 1})], "uneven", 10, ()),
+    "mda": ([("mda", {"f": 1})], "uneven", 10, ()),
+    "smea": ([("smea", {"f": 1})], "uneven", 10, ()),
+    "caf": ([("caf", {"f": 1})], "uneven", 10, ()),
+    "clipped-clustering": ([("clipped-clustering", {"f": 1})], "uneven", 10, ()),
+    "monna": ([("monna", {"f": 1})], "uneven", 10, ()),
 }
 # non-finite rows (a NaN row, an Inf row, a row of 1e20 whose squared norm overflows in float32)
 for _name in ("mean", "median", "trimmed-mean", "meamed", "krum", "multi-krum", "bulyan", "geometric-median",

@@ -4,6 +4,7 @@ stops answering makes the others raise CollectiveError after the timeout instead
 
 from __future__ import annotations
 
+import pytest
 import torch
 from collective_worker import launch
 
@@ -26,3 +27,16 @@ def test_nan_rank_mismatched_ranks_and_hung_rank(tmp_path):
         hang = results[r]["hang"]
         assert hang["error"] is not None and "timeout 2 s" in hang["error"], hang
         assert hang["seconds"] < 5.0
+
+
+@pytest.mark.parametrize("stages", [["dnc"], ["fltrust"], ["nnm", "fltrust"]])
+def test_rules_that_do_not_split_over_shards_are_refused_up_front(stages):
+    """DnC and FLTrust have no shard decomposition yet: a clear error before any communication
+    (not a silently different aggregate)."""
+    import robustagg as ra
+    from robustagg.collective import robust_all_reduce
+
+    built = [ra.get(name, f=1) for name in stages]
+    rule = built[0] if len(built) == 1 else ra.pipeline(*built)
+    with pytest.raises(ValueError, match=f"{stages[-1]} runs in one process only"):
+        robust_all_reduce(torch.zeros(4), rule)

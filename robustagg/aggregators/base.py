@@ -74,6 +74,9 @@ class Aggregator(ParamsRepr):
     summary: str = ""
     bound: str = "n > f"
     decomposition: str = "iterative"
+    #: whether the rule's statistics go through the shard hooks, so that
+    #: :func:`robustagg.collective.robust_all_reduce` can run it (False: one process only).
+    shardable: bool = True
     #: whether the rule needs pairwise distances (then non-finite rows show in the Gram diagonal).
     uses_gram: bool = False
     #: whether any non-finite input entry makes the output non-finite (then the input is only

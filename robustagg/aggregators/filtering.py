@@ -117,6 +117,8 @@ class DnC(Aggregator):
     #: one line for the rule table of docs/index.md
     summary = "mean of the inputs no round flags along the top singular direction of random coordinates"
 
+    #: its random coordinate subsample is drawn over all d columns: not yet split over shards
+    shardable = False
     bound = "n > 2f"
     decomposition = "gram-selection"  # statistic: Gram matrices of the drawn column subsets
     _parameter_constraints = {**Aggregator._parameter_constraints, "sub_dim": Integer(minimum=1),

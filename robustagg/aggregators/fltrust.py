@@ -44,6 +44,8 @@ class FLTrust(Aggregator):
     #: one line for the rule table of docs/index.md
     summary = "Σ ReLU(cos(x_i, g_0)) ‖g_0‖/‖x_i‖ x_i / Σ ReLU(cos): g_0 the server's gradient (`set_reference`)"
 
+    #: its cosine scores and the reference norm are not yet summed over shards
+    shardable = False
     bound = "n > f"
     nonfinite_shows_in_output = True  # a NaN/Inf entry makes its trust score, so every weight, NaN
     decomposition = "gram-weights"  # statistic: x_i . g_0 and the norms (a row of the Gram matrix of [X; g_0])

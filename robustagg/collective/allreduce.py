@@ -228,6 +228,10 @@ def robust_all_reduce(tensor: torch.Tensor, rule: Aggregator, group=None,
     """
     if not isinstance(rule, Aggregator):
         raise TypeError(f"robust_all_reduce: rule must be a robustagg rule (ra.get(...)), got {type(rule).__name__}")
+    for stage in getattr(rule, "stages", (rule,)):
+        if not stage.shardable:
+            raise ValueError(f"robust_all_reduce: {stage.name} runs in one process only (its statistics are not "
+                             "split over coordinate shards yet); gather the updates and call the rule instead")
     if not dist.is_available() or not dist.is_initialized():
         raise RuntimeError("robust_all_reduce needs torch.distributed initialised (dist.init_process_group)")
     X = _as_rows(tensor)
