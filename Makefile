@@ -26,6 +26,7 @@ bench: $(STAMP)
 	# ByzFL is a bench-only peer; --no-deps keeps it from replacing torch with a CUDA build
 	$(PY) -m pip install -q --no-deps byzfl==0.0.11 || echo "byzfl not installable: peer columns stay empty"
 	$(PY) experiments/bench_aggregators.py --write docs/benchmarks.md
+	$(PY) experiments/bench_aggregators.py --new --write docs/benchmarks.md
 	$(PY) experiments/bench_election.py
 	$(PY) experiments/bench_training.py --write docs/benchmarks.md
 
