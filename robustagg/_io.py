@@ -85,7 +85,7 @@ def remove_stale_temporaries(directory: PathLike) -> List[Path]:
 # ---------------------------------------------------------------------- digests
 
 
-class _Hashing:
+class HashingWriter:
     """A write-only file wrapper that feeds every byte written to a SHA-256."""
 
     def __init__(self, fh: BinaryIO) -> None:
@@ -116,7 +116,7 @@ def write_with_digest(path: PathLike, write: Callable[[BinaryIO], Any]) -> str:
     box = {}
 
     def hashing(fh: BinaryIO) -> None:
-        wrapper = _Hashing(fh)
+        wrapper = HashingWriter(fh)
         write(wrapper)  # type: ignore[arg-type]
         box["hex"] = wrapper.sha.hexdigest()
 

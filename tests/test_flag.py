@@ -13,7 +13,7 @@ from robustagg.aggregators import flag_solver
 
 
 def numpy_reference(X, Y0, m, lam=0.0, iters=5, tol=1e-10, eps=1e-7, output="reference"):
-    """The reference algorithm written out in float64 numpy, pair by pair (ALGORITHMS.md §1).
+    """The reference algorithm written out in float64 numpy, pair by pair.
 
     ``Y0 = None`` stands for an init orthogonal to every input. Returns ``(aggregate, objectives)``."""
     X = np.asarray(X, dtype=np.float64)

@@ -310,3 +310,23 @@ def _check_keys(rule: Aggregator, state: Any, keys) -> None:
     missing = sorted(set(keys) - set(state))
     if missing:
         raise ValueError(f"{rule._label}: state dict lacks {missing}")
+
+
+class SeededGenerator:
+    """Mixin of randomised rules: a ``torch.Generator`` seeded with ``self.seed``, whose state is
+    the rule's state (``reset`` reseeds it; ``state_dict`` / ``load_state_dict`` carry it)."""
+
+    seed: int
+    _generator: torch.Generator
+
+    def reset(self) -> None:
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    def state_dict(self) -> dict:
+        """``{"generator": the state of the rule's random generator}``."""
+        return {"generator": self._generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_keys(self, state, ("generator",))
+        self._generator.set_state(state["generator"])
+

@@ -11,7 +11,7 @@ import torch
 
 from robustagg._validation import Integer, Real
 from robustagg.aggregators import ops
-from robustagg.aggregators.base import Aggregator, _check_keys
+from robustagg.aggregators.base import Aggregator, SeededGenerator
 from robustagg.aggregators.registry import register
 
 
@@ -93,7 +93,7 @@ class CAF(Aggregator):
 
 
 @register("dnc", "divide-and-conquer")
-class DnC(Aggregator):
+class DnC(SeededGenerator, Aggregator):
     r"""Divide-and-conquer: filter outliers along the top singular direction of random coordinate
     subsets, average the inputs no round filtered.
 
@@ -133,17 +133,6 @@ class DnC(Aggregator):
         self.filter_frac = self._check("filter_frac", filter_frac)
         self.seed = self._check("seed", seed)
         self.reset()
-
-    def reset(self) -> None:
-        self._generator = torch.Generator().manual_seed(self.seed)
-
-    def state_dict(self) -> dict:
-        """``{"generator": the state of the coordinate generator}``."""
-        return {"generator": self._generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        _check_keys(self, state, ("generator",))
-        self._generator.set_state(state["generator"])
 
     def _statistic(self, X, G):
         n, d = X.shape

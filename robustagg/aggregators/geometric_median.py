@@ -93,16 +93,20 @@ class GeometricMedian(Aggregator):
         start = self.init.flatten()[offset : offset + X.shape[1]].to(dtype=X.dtype, device=X.device)
         return D, G, self._sum_over_shards(ops.sq_distances_to(X.detach(), start)).sqrt()
 
+    def _smoothing(self, D, G):
+        """``G`` in float64, its diagonal, and ``nu`` scaled by the median pairwise distance."""
+        n = D.shape[0]
+        G64 = G.to(torch.float64)
+        off = D[~torch.eye(n, dtype=torch.bool, device=D.device)]
+        scale = float(off.to(torch.float64).median().sqrt()) if off.numel() else 0.0
+        return G64, torch.diagonal(G64), self.nu * (scale if scale > 0 else 1.0)
+
     def _decide(self, statistic, f):
         D, G, init_dist = statistic
         if self.iters is not None:
             return self._fixed(D, G, init_dist)
         n = D.shape[0]
-        G64 = G.to(torch.float64)
-        diag = torch.diagonal(G64)
-        off = D[~torch.eye(n, dtype=torch.bool, device=D.device)]
-        scale = float(off.to(torch.float64).median().sqrt()) if off.numel() else 0.0
-        nu = self.nu * (scale if scale > 0 else 1.0)
+        G64, diag, nu = self._smoothing(D, G)
         # start at the mean of the n - f rows nearest a centre row, not at the mean of all rows: a
         # combination with weight on far rows (1e20 where the others are ~1) has a squared norm
         # alpha' G alpha whose terms cancel to ~1e23 of rounding; from this start every Weiszfeld
@@ -147,11 +151,7 @@ class GeometricMedian(Aggregator):
     def _fixed(self, D, G, init_dist):
         """Exactly ``self.iters`` smoothed Weiszfeld steps from the mean or from ``init``."""
         n = D.shape[0]
-        G64 = G.to(torch.float64)
-        diag = torch.diagonal(G64)
-        off = D[~torch.eye(n, dtype=torch.bool, device=D.device)]
-        scale = float(off.to(torch.float64).median().sqrt()) if off.numel() else 0.0
-        nu = self.nu * (scale if scale > 0 else 1.0)
+        G64, diag, nu = self._smoothing(D, G)
         alpha = torch.full((n,), 1.0 / n, dtype=torch.float64, device=D.device)
         dist = init_dist
         for step in range(self.iters):

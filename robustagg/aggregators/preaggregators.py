@@ -8,7 +8,7 @@ import torch
 
 from robustagg._validation import Integer, Opaque, Real
 from robustagg.aggregators import ops
-from robustagg.aggregators.base import PreAggregator, _check_keys
+from robustagg.aggregators.base import PreAggregator, SeededGenerator
 from robustagg.aggregators.registry import register
 
 
@@ -48,7 +48,7 @@ class NNM(PreAggregator):
 
 
 @register("bucketing")
-class Bucketing(PreAggregator):
+class Bucketing(SeededGenerator, PreAggregator):
     r"""Bucketing: shuffle the inputs, then average consecutive groups of ``s``.
 
     .. math:: y_j = \frac{1}{|B_j|} \sum_{i \in B_j} x_{\pi(i)}, \quad
@@ -81,17 +81,6 @@ class Bucketing(PreAggregator):
         self.seed = self._check("seed", seed)
         self.permutation = None if permutation is None else _check_permutation(permutation)
         self.reset()
-
-    def reset(self) -> None:
-        self._generator = torch.Generator().manual_seed(self.seed)
-
-    def state_dict(self) -> dict:
-        """``{"generator": the state of the permutation generator}``."""
-        return {"generator": self._generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        _check_keys(self, state, ("generator",))
-        self._generator.set_state(state["generator"])
 
     def output_rows(self, n: int) -> int:
         return math.ceil(n / self.s)

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO, Callable, Dict, Mapping
 
 import numpy as np
 
-from robustagg._io import atomic_write
+from robustagg._io import HashingWriter, atomic_write
 
 __all__ = ["DIGESTS", "compact_digests", "load_npy", "read_digests", "read_verified", "record_digests",
            "write_hashed"]
@@ -33,21 +33,6 @@ __all__ = ["DIGESTS", "compact_digests", "load_npy", "read_digests", "read_verif
 #: Name of the digest file in an ensemble directory.
 DIGESTS = "SHA256SUMS"
 _LINE = re.compile(r"^([0-9a-f]{64}) [ *](\S+)$")
-
-
-class _HashingWriter:
-    """A binary file handle that hashes what goes through ``write``."""
-
-    def __init__(self, fh: BinaryIO) -> None:
-        self._fh = fh
-        self.sha = hashlib.sha256()
-
-    def write(self, data: Any) -> int:
-        self.sha.update(data)
-        return self._fh.write(data)
-
-    def flush(self) -> None:
-        self._fh.flush()
 
 
 def write_hashed(path: Path, write: Callable[[BinaryIO], Any]) -> str:
@@ -58,7 +43,7 @@ def write_hashed(path: Path, write: Callable[[BinaryIO], Any]) -> str:
     out: Dict[str, str] = {}
 
     def hashed(fh: BinaryIO) -> None:
-        w = _HashingWriter(fh)
+        w = HashingWriter(fh)
         write(w)  # type: ignore[arg-type]
         out["sha256"] = w.sha.hexdigest()
 
