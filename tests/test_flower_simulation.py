@@ -35,7 +35,9 @@ def ray_cleanup():
 
 
 @pytest.mark.timeout(300)
-def test_example_config_on_ray(ray_cleanup):
+def test_example_config_on_ray(in_fresh_process, ray_cleanup):
+    if in_fresh_process:
+        return
     history = simulate(EXAMPLE, ["flower.num_cpus=1", "flower.ray_temp_dir='/tmp/ray_robustagg_test'"], out_dir="")
     fedavg, ensemble = history["compare"]
     assert history["round"] == [0, 1, 2, 3, 4, 5] and history["out_dir"] is None
