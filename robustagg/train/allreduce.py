@@ -222,6 +222,9 @@ class AllReduceTrainer(ParameterServer):
         result.rows = self._rows  # every rank's rows, not this rank's
         return result
 
+    def _warn_skipped(self, t: int, rows: int, nonfinite: bool) -> None:
+        super()._warn_skipped(t, self._rows, nonfinite)  # every rank's rows, not this rank's
+
     # ------------------------------------------------------------------ run, evaluation, checkpoints
     def _evaluate(self) -> Dict[str, float]:
         if self.rank != 0:  # every rank has the same model; only rank 0 reports
