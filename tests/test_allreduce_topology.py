@@ -116,6 +116,27 @@ def test_cli_topology_allreduce_writes_the_results(tmp_path):
         assert (tmp_path / "topo" / name).exists()
 
 
+@pytest.mark.filterwarnings("ignore:step .* the step is skipped:RuntimeWarning")
+def test_killed_and_resumed_run_matches_in_process(tmp_path):
+    """Checkpoints carry every rank's loader positions and worker momenta: a run stopped at
+    step 3 and resumed (on every rank, from rank 0's file) reaches the uninterrupted model."""
+    text = CASES["sign-flip-partial-krum"].replace("lr = 0.3", 'lr = 0.3\nmomentum = 0.9\nmomentum_at = "worker"')
+    config = tmp_path / "topo.toml"
+    config.write_text(text)
+    common = ("-m", "robustagg.train.distributed", str(config), "--out", str(tmp_path), "--no-progress",
+              "--timeout", "60", "--topology", "allreduce", "--set", "run.checkpoint_every=3")
+    for extra in (("--steps", "3"), ("--resume",)):
+        done = _torchrun(*common, *extra)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    from robustagg.train import checkpoint
+
+    state = checkpoint.load(tmp_path / "topo" / "checkpoint.pt")
+    ref = in_process(text)
+    assert state["t"] == 6
+    assert torch.allclose(state["trainer"]["x"], ref.x, rtol=0, atol=ATOL), (state["trainer"]["x"] - ref.x).abs().max()
+    assert torch.allclose(state["trainer"]["worker_momentum"], ref.worker_momentum, rtol=0, atol=ATOL)
+
+
 @pytest.mark.parametrize("attack, why", [
     ('name = "mimic"', "'mimic'"),
     ('name = "alie-opt"', "'alie-opt'"),

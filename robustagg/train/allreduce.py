@@ -44,7 +44,7 @@ import torch.distributed as dist
 
 from robustagg.aggregators import ops
 from robustagg.attacks import classic
-from robustagg.collective import robust_all_reduce
+from robustagg.collective import ShardComm, robust_all_reduce
 from robustagg.train.base import StepResult
 from robustagg.train.components import derive_seed
 from robustagg.train.results import History
@@ -120,6 +120,7 @@ class AllReduceTrainer(ParameterServer):
         self.timeout = None if timeout is None else datetime.timedelta(seconds=timeout)
         nccl = dist.get_backend() == "nccl"
         self.comm_device = self.device if nccl else torch.device("cpu")
+        self._comm = ShardComm(None, 0, self.flat.dim, self.comm_device, self.timeout)
         # this rank's rows only (the parameter server's buffer U holds all n)
         d = self.flat.dim
         self.U = {w: torch.empty(d, dtype=self.x.dtype, device=self.device) for w in self.hosted}
@@ -128,9 +129,9 @@ class AllReduceTrainer(ParameterServer):
         self._rows = 0
 
     def _sum(self, values: torch.Tensor) -> torch.Tensor:
-        buf = values.to(self.comm_device, torch.float64)
-        dist.all_reduce(buf)
-        return buf.to(self.device)
+        """The float64 sum over ranks (a rank that does not answer within the timeout raises
+        :class:`~robustagg.collective.CollectiveError`)."""
+        return self._comm.sum(values.to(self.device, torch.float64))
 
     # ------------------------------------------------------------------ one step
     def step(self) -> StepResult:

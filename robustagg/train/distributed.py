@@ -30,6 +30,10 @@ on CPU with the same thread settings the final model is bitwise identical (teste
 Checkpoints go through rank 0: before writing, it collects every rank's loader positions and
 worker momenta (``STATE``); after loading one (``--resume``), it sends them back (``SYNC``).
 See ``docs/distributed.md`` for multi-machine launches, NCCL and failure behaviour.
+
+``--topology allreduce`` trains the same configuration with no server at all: every rank
+keeps the model and the rule runs as :func:`robustagg.collective.robust_all_reduce`
+(:mod:`robustagg.train.allreduce`).
 """
 
 from __future__ import annotations
