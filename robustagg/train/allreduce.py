@@ -124,6 +124,8 @@ class AllReduceTrainer(ParameterServer):
         # this rank's rows only (the parameter server's buffer U holds all n)
         d = self.flat.dim
         self.U = {w: torch.empty(d, dtype=self.x.dtype, device=self.device) for w in self.hosted}
+        if self.worker_momentum is not None:  # likewise the momenta: this rank's workers only
+            self.worker_momentum = {w: torch.zeros(d, device=self.device) for w in self.mine}
         self._mean: Optional[torch.Tensor] = None
         self._h = 0
         self._rows = 0
@@ -238,7 +240,8 @@ class AllReduceTrainer(ParameterServer):
 
     def save_checkpoint(self, path: Optional[Any] = None) -> Any:
         """Collective: every rank sends its workers' loader positions and momenta to rank 0,
-        which writes the checkpoint (the same file as the parameter server's)."""
+        which writes the checkpoint (the parameter server's format: the momenta as one ``(n, d)``
+        tensor, assembled on rank 0 while it writes)."""
         mine = {"loaders": {w: self.loaders[w].state_dict() for w in self.mine},
                 "momentum": {} if self.worker_momentum is None else
                 {w: self.worker_momentum[w].cpu() for w in self.mine}}
@@ -246,9 +249,28 @@ class AllReduceTrainer(ParameterServer):
         dist.all_gather_object(everything, mine)
         if self.rank != 0:
             return path if path is not None else self.checkpoint_path
-        for state in everything[1:]:
+        self._momenta = {}
+        for state in everything:
             for w, sub in state["loaders"].items():
                 self.loaders[w].load_state_dict(sub)
-            for w, row in state["momentum"].items():
-                self.worker_momentum[w].copy_(row)
-        return super().save_checkpoint(path)
+            self._momenta.update(state["momentum"])
+        try:
+            return super().save_checkpoint(path)
+        finally:
+            self._momenta = {}
+
+    def _state(self) -> Dict[str, Any]:
+        state = super()._state()
+        if self.worker_momentum is not None:
+            full = torch.zeros(self.n, self.flat.dim)
+            for w, row in getattr(self, "_momenta", {}).items():
+                full[w].copy_(row)
+            state["worker_momentum"] = full
+        return state
+
+    def _load_state(self, state: Dict[str, Any]) -> None:
+        momentum = self.worker_momentum
+        super()._load_state(state)
+        if momentum is not None:
+            full = state["worker_momentum"]
+            self.worker_momentum = {w: full[w].to(self.device).clone() for w in self.mine}
