@@ -30,6 +30,10 @@ on CPU with the same thread settings the final model is bitwise identical (teste
 Checkpoints go through rank 0: before writing, it collects every rank's loader positions and
 worker momenta (``STATE``); after loading one (``--resume``), it sends them back (``SYNC``).
 See ``docs/distributed.md`` for multi-machine launches, NCCL and failure behaviour.
+
+``--topology allreduce`` trains the same configuration with no server at all: every rank
+keeps the model and the rule runs as :func:`robustagg.collective.robust_all_reduce`
+(:mod:`robustagg.train.allreduce`).
 """
 
 from __future__ import annotations
@@ -48,48 +52,9 @@ from robustagg.train.base import StepResult
 from robustagg.train.components import check_device
 from robustagg.train.results import History
 from robustagg.train.server import ParameterServer
+from robustagg.train.worker import assign_workers  # noqa: F401  (its home before the allreduce topology)
 
 STEP, SYNC, STATE, STOP = 0, 1, 2, 3
-
-
-def assign_workers(workers: Sequence[int], world_size: int, *, server_computes: bool = True) -> List[List[int]]:
-    """Split ``workers`` into contiguous blocks, one per rank (deterministic).
-
-    Parameters
-    ----------
-    workers : sequence of int
-        The workers that compute updates (honest and data-poisoning ones), in order.
-    world_size : int
-        Number of processes.
-    server_computes : bool
-        Whether rank 0 (the server) also computes a block; with one process it always does.
-
-    Returns
-    -------
-    list of lists
-        ``blocks[r]`` are rank ``r``'s workers. Blocks differ in size by at most one; the
-        larger ones go to the last ranks, so the server, which also aggregates, gets a
-        smaller one.
-
-    Examples
-    --------
-    >>> assign_workers(range(12), 4)
-    [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
-    >>> assign_workers(range(7), 3, server_computes=False)
-    [[], [0, 1, 2], [3, 4, 5, 6]]
-    """
-    workers = list(workers)
-    if world_size < 1:
-        raise ValueError(f"world_size must be >= 1, got {world_size}")
-    ranks = list(range(world_size)) if server_computes or world_size == 1 else list(range(1, world_size))
-    q, r = divmod(len(workers), len(ranks))
-    blocks: List[List[int]] = [[] for _ in range(world_size)]
-    start = 0
-    for i, rank in enumerate(ranks):
-        size = q + (1 if i >= len(ranks) - r else 0)
-        blocks[rank] = workers[start:start + size]
-        start += size
-    return blocks
 
 
 class DistributedParameterServer(ParameterServer):
@@ -309,6 +274,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="rank 0 only aggregates; the workers are split over ranks 1..N-1")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds a collective waits for a missing rank before failing (default 600)")
+    parser.add_argument("--topology", choices=["ps", "allreduce"], default="ps",
+                        help="ps: rank 0 aggregates (default); allreduce: no server, every rank keeps the model "
+                             "and the rule runs as robust_all_reduce (robustagg.train.allreduce)")
     return parser
 
 
@@ -327,6 +295,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         backend = args.backend if args.backend != "auto" else ("nccl" if cuda else "gloo")
         check_device(cfg.run.device)
         check_backend(backend, cfg.run.device)
+        if args.topology == "allreduce":
+            from robustagg.train.allreduce import check_topology
+
+            if args.no_server_compute:
+                raise ValueError("--no-server-compute needs --topology ps (allreduce has no server)")
+            built = cfg.components()
+            check_topology(built.attack, cfg.mode)
     except (ValueError, TypeError, OSError) as exc:
         if rank == 0:
             print(f"robustagg.train.distributed: error: {exc}", file=sys.stderr)
@@ -344,7 +319,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.environ.update(RANK="0", WORLD_SIZE="1")
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.timeout))
     try:
-        trainer = DistributedParameterServer(cfg, server_computes=not args.no_server_compute)
+        if args.topology == "allreduce":
+            from robustagg.train.allreduce import AllReduceTrainer
+
+            trainer = AllReduceTrainer(cfg, timeout=args.timeout)
+        else:
+            trainer = DistributedParameterServer(cfg, server_computes=not args.no_server_compute)
         cli.default_threads(trainer, args)
         if trainer.rank == 0:
             print(f"robustagg.train.distributed: {trainer.world} rank(s), backend {backend}; workers per rank: "

@@ -145,3 +145,43 @@ def _with_num_classes(poisoner: Any, num_classes: Optional[int]) -> Any:
     if "num_classes" not in inspect.signature(function).parameters:
         return poisoner
     return type(poisoner)(function, **poisoner.params, num_classes=int(num_classes))
+
+
+def assign_workers(workers: Sequence[int], world_size: int, *, server_computes: bool = True) -> List[List[int]]:
+    """Split ``workers`` into contiguous blocks, one per rank (deterministic).
+
+    Parameters
+    ----------
+    workers : sequence of int
+        The workers that compute updates (honest and data-poisoning ones), in order.
+    world_size : int
+        Number of processes.
+    server_computes : bool
+        Whether rank 0 (the server) also computes a block; with one process it always does.
+
+    Returns
+    -------
+    list of lists
+        ``blocks[r]`` are rank ``r``'s workers. Blocks differ in size by at most one; the
+        larger ones go to the last ranks, so the server, which also aggregates, gets a
+        smaller one.
+
+    Examples
+    --------
+    >>> assign_workers(range(12), 4)
+    [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    >>> assign_workers(range(7), 3, server_computes=False)
+    [[], [0, 1, 2], [3, 4, 5, 6]]
+    """
+    workers = list(workers)
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    ranks = list(range(world_size)) if server_computes or world_size == 1 else list(range(1, world_size))
+    q, r = divmod(len(workers), len(ranks))
+    blocks: List[List[int]] = [[] for _ in range(world_size)]
+    start = 0
+    for i, rank in enumerate(ranks):
+        size = q + (1 if i >= len(ranks) - r else 0)
+        blocks[rank] = workers[start:start + size]
+        start += size
+    return blocks

@@ -1,0 +1,216 @@
+"""The ``allreduce`` topology of the distributed trainer (issue 16, item 4): 2 gloo processes,
+no server, reach the in-process parameter server's model within float tolerance, with a Gram
+rule (krum) and a coordinate rule (trimmed-mean), without attack, with a NaN fault and with
+supported attacks; unsupported attacks are refused with a one-line error.
+
+Run as a script (``torchrun ... tests/test_allreduce_topology.py OUT``) this file is one rank
+that trains every case of :data:`CASES` and saves the final models in ``OUT``.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TIMEOUT = 120
+ATOL = 1e-5
+
+BASE = """
+[data]
+name = "digits"
+
+[model]
+name = "mlp"
+params = {hidden = [16]}
+
+[workers]
+n = 7
+f = 1
+batch_size = 16
+
+[optimizer]
+lr = 0.3
+
+[run]
+steps = 6
+eval_every = 6
+seed = 5
+name = "topo"
+"""
+
+RULES = {"krum": '[aggregator]\nname = "krum"\n', "trimmed-mean": '[aggregator]\nname = "trimmed-mean"\n'}
+SETTINGS = {
+    "none": "",
+    # worker 2 (rank 0) sends NaN in every step: dropped and counted against f
+    "nan-fault": '[[faults]]\nname = "nonfinite"\nparams = {workers = [2]}\n',
+    "alie": '[attack]\nname = "alie"\n',
+    # missing rows (Bernoulli arrivals, a dropping fault) under a mean-only attack
+    "sign-flip-partial": '[attack]\nname = "sign-flip"\n\n[participation]\n'
+                         'arrival = {name = "bernoulli", params = {p = 0.7}}\n\n'
+                         '[[faults]]\nname = "drop"\nparams = {q = 0.2}\n',
+    "gaussian": '[attack]\nname = "gaussian"\nparams = {sigma = 1.0}\n',
+    # a NaN attacker and a NaN fault: 2 > f non-finite rows, every step is skipped on every rank
+    "nan-attack-and-fault": '[attack]\nname = "nan"\n\n[[faults]]\nname = "nonfinite"\nparams = {workers = [2]}\n',
+}
+CASES = {f"{s}-{r}": BASE + SETTINGS[s] + "\n" + RULES[r] for s in SETTINGS for r in RULES
+         if s in ("none", "nan-fault", "alie") or r == "krum"}
+
+COUNTS = ("rows", "skipped", "skipped_nonfinite")  # history columns that must agree exactly
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                OMP_NUM_THREADS="1")
+
+
+def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=ROOT)
+
+
+def in_process(text: str):
+    from robustagg.train import ParameterServer, TrainConfig
+
+    ps = ParameterServer(TrainConfig.from_toml_string(text, ["run.out_dir=''", "run.checkpoint_every=0"]))
+    ps.run()
+    return ps
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    out = tmp_path_factory.mktemp("topo")
+    done = _torchrun(str(Path(__file__)), str(out))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_two_ranks_reach_the_in_process_model(two_ranks, case):
+    got = torch.load(two_ranks / f"{case}.pt")
+    ref = in_process(CASES[case])
+    assert got["t"] == ref.t
+    assert got["ranks_agree"], "the ranks' models differ"
+    assert torch.allclose(got["x"], ref.x, rtol=0, atol=ATOL), (got["x"] - ref.x).abs().max()
+    assert got["counts"] == [{k: r.get(k) for k in COUNTS} for r in ref.history]
+    assert got["loss"] == pytest.approx(ref.history.column("loss"), rel=1e-5)
+    if "alie" in case:
+        assert got["attack_last"] == ref.attack.last
+
+
+def test_cli_topology_allreduce_writes_the_results(tmp_path):
+    config = tmp_path / "topo.toml"
+    config.write_text(CASES["alie-krum"])
+    done = _torchrun("-m", "robustagg.train.distributed", str(config), "--out", str(tmp_path), "--no-progress",
+                     "--timeout", "60", "--topology", "allreduce", "--set", "run.checkpoint_every=6")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    from robustagg.train import checkpoint
+
+    state = checkpoint.load(tmp_path / "topo" / "checkpoint.pt")
+    ref = in_process(CASES["alie-krum"])
+    assert state["t"] == 6
+    assert torch.allclose(state["trainer"]["x"], ref.x, rtol=0, atol=ATOL)
+    assert abs(state["history"][-1]["accuracy"] - ref.history.last("accuracy")) < 0.02
+    for name in ("config.toml", "metrics.csv"):
+        assert (tmp_path / "topo" / name).exists()
+
+
+@pytest.mark.filterwarnings("ignore:step .* the step is skipped:RuntimeWarning")
+def test_killed_and_resumed_run_matches_in_process(tmp_path):
+    """Checkpoints carry every rank's loader positions and worker momenta: a run stopped at
+    step 3 and resumed (on every rank, from rank 0's file) reaches the uninterrupted model."""
+    text = CASES["sign-flip-partial-krum"].replace("lr = 0.3", 'lr = 0.3\nmomentum = 0.9\nmomentum_at = "worker"')
+    config = tmp_path / "topo.toml"
+    config.write_text(text)
+    common = ("-m", "robustagg.train.distributed", str(config), "--out", str(tmp_path), "--no-progress",
+              "--timeout", "60", "--topology", "allreduce", "--set", "run.checkpoint_every=3")
+    for extra in (("--steps", "3"), ("--resume",)):
+        done = _torchrun(*common, *extra)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    from robustagg.train import checkpoint
+
+    state = checkpoint.load(tmp_path / "topo" / "checkpoint.pt")
+    ref = in_process(text)
+    assert state["t"] == 6
+    assert torch.allclose(state["trainer"]["x"], ref.x, rtol=0, atol=ATOL), (state["trainer"]["x"] - ref.x).abs().max()
+    assert torch.allclose(state["trainer"]["worker_momentum"], ref.worker_momentum, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("attack, why", [
+    ('name = "mimic"', "'mimic'"),
+    ('name = "alie-opt"', "'alie-opt'"),
+    ('name = "reverse"\nparams = {per_worker = true}', "'reverse'"),
+])
+def test_unsupported_attacks_are_refused_in_one_line(tmp_path, capsys, attack, why):
+    from robustagg.train.distributed import main
+
+    config = tmp_path / "topo.toml"
+    config.write_text(BASE + "\n[attack]\n" + attack + "\n" + RULES["krum"])
+    assert main([str(config), "--topology", "allreduce", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and why in err and "--topology allreduce" in err, err
+    assert not (tmp_path / "topo").exists()
+
+
+def test_afa_cs_and_no_server_compute_are_refused(tmp_path, capsys):
+    from robustagg.train.distributed import main
+
+    config = tmp_path / "topo.toml"
+    config.write_text(BASE + RULES["krum"])
+    assert main([str(config), "--topology", "allreduce", "--no-server-compute"]) == 2
+    assert "--no-server-compute" in capsys.readouterr().err
+    config.write_text('mode = "afa-cs"\n' + BASE + RULES["krum"])
+    assert main([str(config), "--topology", "allreduce"]) == 2
+    assert "afa-cs" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, params", [("sign-flip", {}), ("reverse", {}), ("ipm", {}), ("foe", {"z": 2.0}),
+                                          ("alie", {}), ("alie", {"z": 0.7}), ("gaussian", {"sigma": 2.0}),
+                                          ("random", {}), ("zero", {}), ("nan", {})])
+@pytest.mark.parametrize("h", [1, 5])
+def test_byzantine_rows_from_mean_and_std_equal_the_attack(name, params, h):
+    """What the last rank builds from the all-reduced statistics is the attack on the honest stack."""
+    from robustagg import attacks
+    from robustagg.train.allreduce import byzantine_rows
+
+    H = torch.randn(h, 9, generator=torch.Generator().manual_seed(h), dtype=torch.float64)
+    attack = attacks.get(name, **params)
+    f = 1 if h == 1 else 3  # ALIE's formula needs f <= floor(n/2)
+    ref = attack(H, f, generator=torch.Generator().manual_seed(1))
+    std = H.std(dim=0) if h > 1 else None
+    got = byzantine_rows(attack, H.mean(dim=0), std, h, f, None, torch.Generator().manual_seed(1))
+    assert torch.allclose(got, ref, equal_nan=True, atol=1e-12), name
+
+
+def _rank_main(out: Path) -> None:
+    import torch.distributed as dist
+
+    from robustagg.train import TrainConfig
+    from robustagg.train.allreduce import AllReduceTrainer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo")
+    try:
+        for case, text in CASES.items():
+            trainer = AllReduceTrainer(TrainConfig.from_toml_string(text, ["run.out_dir=''", "run.checkpoint_every=0"]),
+                                       timeout=60)
+            trainer.run()
+            xs = [torch.empty_like(trainer.x) for _ in range(trainer.world)]
+            dist.all_gather(xs, trainer.x)
+            if trainer.rank == 0:
+                torch.save({"x": trainer.x, "t": trainer.t, "ranks_agree": all(torch.equal(x, xs[0]) for x in xs),
+                            "counts": [{k: r.get(k) for k in COUNTS} for r in trainer.history],
+                            "loss": trainer.history.column("loss"),
+                            "attack_last": getattr(trainer.attack, "last", None)}, out / f"{case}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    _rank_main(Path(sys.argv[1]))
