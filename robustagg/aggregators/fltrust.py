@@ -108,3 +108,14 @@ class FLTrust(Aggregator):
             w = trust * g0_norm / safe / total if total > 0 else torch.zeros_like(trust)
         self.last = {"trust": trust, "reference": source}
         return w
+
+
+def fltrust_stage(rule: Any) -> Optional[FLTrust]:
+    """The :class:`FLTrust` rule that ``rule`` ends with: ``rule`` itself, or a pipeline's last
+    stage; ``None`` otherwise (what a trainer or a strategy hands the server's reference to)."""
+    if isinstance(rule, FLTrust):
+        return rule
+    stages = getattr(rule, "stages", None)
+    if stages and isinstance(stages[-1], FLTrust):
+        return stages[-1]
+    return None
