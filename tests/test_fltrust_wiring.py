@@ -4,6 +4,8 @@ its root data (``aggregator.root_samples``), ``federated.RobustStrategy`` takes 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -107,3 +109,110 @@ def test_root_samples_type_and_size_errors():
     with pytest.raises(ValueError, match="does not use aggregator.root_samples"):
         TrainConfig.from_dict({"trainer": "p2p", "workers": {"n": 7, "f": 1},
                                "aggregator": {"root_samples": 5}})
+
+
+# --------------------------------------------------------------------- Flower: reference_fn
+from flwr.app import Array, ArrayRecord  # noqa: E402
+from test_flower_strategy import (SHAPES, expected_updates, flat, make_global, replies_for,  # noqa: E402,F401
+                                  run_round, task_identity)
+
+from federated import RobustStrategy  # noqa: E402
+
+
+def majority_attack(seed=1):
+    """11 updates: 5 honest ones around a direction, 6 sending -3x their mean; the server's
+    own update is another honest draw."""
+    rng = np.random.default_rng(seed)
+    d = sum(int(np.prod(s)) for s in SHAPES.values())
+    direction = rng.standard_normal(d)
+    honest = direction + 0.3 * rng.standard_normal((5, d))
+    U = np.vstack([honest, np.tile(-3 * honest.mean(0), (6, 1))]).astype(np.float32)
+    server = (direction + 0.3 * rng.standard_normal(d)).astype(np.float32)
+    return U, server
+
+
+def as_record(vector):
+    out, o = {}, 0
+    for k, s in SHAPES.items():
+        size = int(np.prod(s))
+        out[k] = Array(vector[o:o + size].reshape(s).copy())
+        o += size
+    return ArrayRecord(out)
+
+
+@pytest.mark.parametrize("form", ["vector", "tensor", "dict", "record"])
+def test_reference_fn_gives_fltrust_the_servers_update(form):
+    glob = make_global()
+    U, server = majority_attack()
+    calls = []
+
+    def reference_fn(arrays, server_round):
+        calls.append((server_round, flat(arrays).copy()))
+        record = as_record(server)
+        return {"vector": server, "tensor": torch.from_numpy(server), "record": record,
+                "dict": {k: record[k].numpy() for k in SHAPES}}[form]
+
+    strategy = RobustStrategy("fltrust", f=6, reference_fn=reference_fn, fraction_evaluate=0.0)
+    arrays, metrics = run_round(strategy, glob, replies_for(glob, U), rnd=4)
+    assert metrics["skipped"] == 0 and len(calls) == 1
+    assert calls[0][0] == 4
+    np.testing.assert_array_equal(calls[0][1], flat(glob))  # called with the global arrays x_t
+    X = torch.from_numpy(expected_updates(glob, U))
+    want = flat(glob) + ra.get("fltrust", f=6, reference=torch.from_numpy(server)).aggregate(X).numpy()
+    np.testing.assert_allclose(flat(arrays), want, rtol=0, atol=1e-6)
+    assert strategy.history[-1]["reference"] == "server"
+    assert float(strategy.rule.last["trust"][5:].max()) == 0.0  # the 6 attackers get no trust
+
+
+def test_without_reference_fn_the_median_stands_in_and_follows_the_majority(caplog):
+    glob = make_global()
+    U, server = majority_attack()
+    with caplog.at_level("WARNING", logger="flwr.robustagg"):
+        strategy = RobustStrategy("fltrust", f=6, fraction_evaluate=0.0)
+    assert "fltrust without reference_fn" in caplog.text
+    arrays, _ = run_round(strategy, glob, replies_for(glob, U))
+    assert strategy.history[-1]["reference"] == "median"
+    step = flat(arrays) - flat(glob)
+    assert float(np.dot(step, server)) < 0  # it moved against the honest direction
+
+
+def test_reference_fn_per_layer_and_after_pre_aggregation():
+    glob = make_global()
+    U, server = majority_attack(seed=2)
+    X = torch.from_numpy(expected_updates(glob, U))
+    g0 = torch.from_numpy(server)
+    per_layer = RobustStrategy("fltrust", f=6, per_layer=True, reference_fn=lambda a, r: server,
+                               fraction_evaluate=0.0)
+    arrays, _ = run_round(per_layer, glob, replies_for(glob, U))
+    o = 0
+    for k, s in SHAPES.items():
+        sl = slice(o, o + int(np.prod(s)))
+        want = ra.get("fltrust", f=6, reference=g0[sl]).aggregate(X[:, sl].contiguous()).numpy()
+        np.testing.assert_allclose(arrays[k].numpy().ravel() - glob[k].numpy().ravel(), want, rtol=0, atol=1e-6)
+        o = sl.stop
+    piped = RobustStrategy("fltrust", pre="clipping", f=2, reference_fn=lambda a, r: server, fraction_evaluate=0.0)
+    run_round(piped, glob, replies_for(glob, U))
+    assert piped.history[-1]["reference"] == "server"
+
+
+@pytest.mark.parametrize("returned, reason", [
+    (lambda s: s[:-1], r"reference_fn failed: ValueError: got shape \(\d+,\), expected"),
+    (lambda s: np.full_like(s, np.nan), "reference_fn failed: ValueError: the update holds NaN/Inf"),
+    (lambda s: {"conv.weight": np.zeros((4, 3))}, "reference_fn failed: ValueError: the update has no array 'conv.bias'"),
+    (lambda s: {k: np.zeros(2) for k in SHAPES}, "reference_fn failed: ValueError: array 'conv.weight' has shape"),
+    (lambda s: 1 / 0, "reference_fn failed: ZeroDivisionError"),
+])
+def test_a_bad_reference_skips_the_round(returned, reason):
+    glob = make_global()
+    U, server = majority_attack()
+    strategy = RobustStrategy("fltrust", f=6, reference_fn=lambda a, r: returned(server), fraction_evaluate=0.0)
+    arrays, metrics = run_round(strategy, glob, replies_for(glob, U))
+    assert arrays is None and metrics["skipped"] == 1
+    assert re.match(reason, strategy.history[-1]["reason"]), strategy.history[-1]["reason"]
+
+
+def test_reference_fn_argument_errors():
+    with pytest.raises(ValueError, match="reference_fn is read only by fltrust .* not by 'median'"):
+        RobustStrategy("median", f=1, reference_fn=lambda a, r: None)
+    with pytest.raises(TypeError, match="reference_fn must be callable"):
+        RobustStrategy("fltrust", f=1, reference_fn=[1.0])
