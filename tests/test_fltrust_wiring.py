@@ -9,8 +9,12 @@ import re
 import numpy as np
 import pytest
 import torch
+from flwr.app import Array, ArrayRecord
+from test_flower_strategy import SHAPES, expected_updates, flat, make_global, replies_for, run_round
+from test_flower_strategy import task_identity  # noqa: F401 - its autouse fixture: Messages need a run id
 
 import robustagg as ra
+from federated import RobustStrategy
 from robustagg.train import ParameterServer, TrainConfig
 from robustagg.train.components import partition, root_indices
 
@@ -112,11 +116,6 @@ def test_root_samples_type_and_size_errors():
 
 
 # --------------------------------------------------------------------- Flower: reference_fn
-from flwr.app import Array, ArrayRecord  # noqa: E402
-from test_flower_strategy import (SHAPES, expected_updates, flat, make_global, replies_for,  # noqa: E402,F401
-                                  run_round, task_identity)
-
-from federated import RobustStrategy  # noqa: E402
 
 
 def majority_attack(seed=1):

@@ -30,8 +30,8 @@ class FLTrust(Aggregator):
     vector of ``d`` entries, or anything :func:`~robustagg.aggregators.convert.as_matrix`
     flattens to one row, such as a state dict). A parameter server computes it on its root
     data with the current model each round and calls ``rule.set_reference(g0)`` before
-    aggregating; a Flower strategy does the same in ``aggregate_fit`` from the server-side
-    model. Without any reference the rule falls back to the coordinate-wise median of the
+    aggregating (``aggregator.root_samples`` in :mod:`robustagg.train`); a Flower
+    ``federated.RobustStrategy`` does the same with its ``reference_fn``. Without any reference the rule falls back to the coordinate-wise median of the
     inputs as the trusted direction (a stand-in: FLTrust's guarantee needs the server's
     gradient) and says so in ``last["reference"]``.
 
