@@ -215,3 +215,40 @@ def test_reference_fn_argument_errors():
         RobustStrategy("median", f=1, reference_fn=lambda a, r: None)
     with pytest.raises(TypeError, match="reference_fn must be callable"):
         RobustStrategy("fltrust", f=1, reference_fn=[1.0])
+
+
+def test_flower_simulation_trains_fltrust_on_the_servers_root_samples():
+    """``aggregator.root_samples`` on Flower: held out of the nodes' partitions, and the
+    strategy gets the server's update on them every round (in-process backend)."""
+    from federated import TrainData, simulate
+    from federated._reference import RootReference
+
+    cfg = {"data": {"name": "digits"}, "model": {"name": "logistic"}, "workers": {"n": 6, "f": 3, "local_steps": 2},
+           "attack": {"name": "reverse"}, "aggregator": {"name": "fltrust", "root_samples": 50},
+           "optimizer": {"lr": 0.5, "local_lr": 0.2}, "run": {"steps": 3, "eval_every": 3, "out_dir": ""}}
+    train = TrainConfig.from_dict(cfg)
+    data = TrainData(train)
+    held = np.concatenate(data.parts())
+    assert not np.intersect1d(held, root_indices(train, data.load())).size
+    out = simulate(cfg, flower={"backend": "inline"})
+    assert [e["reference"] for e in out["strategy"]] == ["server"] * 3
+    assert out["accuracy"][-1] > out["accuracy"][0] + 0.2
+    # in the anarchic modes the updates are per local step: so is the server's
+    from robustagg.train.components import model_factory
+
+    model_fn = model_factory(train, data.load())
+    arrays = ArrayRecord(model_fn().state_dict())
+    kw = dict(steps=2, lr=0.2, batch_size=32, seed=0)
+    total = RootReference(model_fn, *data.root(), **kw)(arrays, 1)
+    per_step = RootReference(model_fn, *data.root(), per_step=True, **kw)(arrays, 1)
+    for key in total:
+        np.testing.assert_allclose(per_step[key] * 2, total[key], rtol=1e-6)
+
+
+def test_flower_compare_entry_cannot_draw_other_root_samples():
+    from federated import config as fconfig
+
+    cfg = {"data": {"name": "digits"}, "model": {"name": "logistic"}, "workers": {"n": 6, "f": 1},
+           "aggregator": {"name": "median"}, "run": {"steps": 1, "out_dir": ""}}
+    with pytest.raises(ValueError, match=r"flower.compare\[0\]: aggregator.root_samples = 20 differs from the main"):
+        fconfig.read(cfg, flower={"compare": [{"aggregator": {"name": "fltrust", "root_samples": 20}}]})
