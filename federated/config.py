@@ -25,7 +25,9 @@ TrainConfig key            on Flower
 ``participation.*``        one shared :class:`robustagg.participation.Participation`: node ``p``
                            arrives in round ``t`` as worker ``p`` does in ``train``'s plan,
                            with its local steps and staleness
-``aggregator.*``           the rule or pipeline of :class:`~federated.RobustStrategy`
+``aggregator.*``           the rule or pipeline of :class:`~federated.RobustStrategy`;
+                           ``root_samples`` (FLTrust): held out of the partitions, the server
+                           trains on them as a node does (``reference_fn``)
 ``mode``                   ``sgd``: ``x <- x - lr * Agg(G_i)`` with ``G_i`` the per-step update:
                            ``RobustStrategy(mode="sync", server_lr=lr / (local_lr * K))``, or
                            ``mode="afa-cd", server_lr=lr / local_lr`` under a participation
@@ -201,6 +203,9 @@ def compare_config(cfg: TrainConfig, entry: Dict[str, Any], index: int) -> Tuple
     try:
         other = TrainConfig.from_dict(raw)
         check_supported(other)
+        if other.aggregator.root_samples not in (0, cfg.aggregator.root_samples):
+            raise ValueError(f"aggregator.root_samples = {other.aggregator.root_samples} differs from the main run's "
+                             f"{cfg.aggregator.root_samples}: the nodes' partitions leave out the main run's root samples")
         extra = flower_options({k: entry[k] for k in ("strategy", "vote", "radii") if k in entry})
     except (TypeError, ValueError) as exc:
         raise type(exc)(f"{where}: {exc}") from None
@@ -269,11 +274,20 @@ class TrainData:
     def __init__(self, cfg: TrainConfig) -> None:
         self.data = cfg.to_dict()["data"]
         self.n, self.seed = cfg.workers.n, cfg.run.seed
-        self.key = json.dumps([self.data, self.n, self.seed], sort_keys=True, default=str)
+        self.root_samples = cfg.aggregator.root_samples  # the server's, left out of the partitions
+        self.key = json.dumps([self.data, self.n, self.seed, self.root_samples], sort_keys=True, default=str)
 
     def _config(self) -> TrainConfig:
-        return TrainConfig.from_dict({"data": self.data, "workers": {"n": self.n}, "run": {"seed": self.seed}},
-                                     validate=False)
+        return TrainConfig.from_dict({"data": self.data, "workers": {"n": self.n}, "run": {"seed": self.seed},
+                                      "aggregator": {"root_samples": self.root_samples}}, validate=False)
+
+    def root(self):
+        """``(X, y)`` of the server's root samples (:func:`robustagg.train.components.root_indices`)."""
+        import torch
+
+        ds = self.load()
+        idx = torch.as_tensor(components.root_indices(self._config(), ds))
+        return ds.X_train[idx], ds.y_train[idx]
 
     def load(self):
         """The :class:`robustagg.data.Dataset` (cached)."""
@@ -325,7 +339,15 @@ def build_strategy(kind: str, cfg: TrainConfig, election: Dict[str, Any], model_
                                 min_nodes=n, eval_every=cfg.run.eval_every, eval_batch_size=cfg.run.eval_batch_size)
     from federated.strategy import RobustStrategy
 
-    return RobustStrategy(components.build_rule(cfg), **server_settings(cfg), **common)
+    settings = server_settings(cfg)
+    reference = None
+    if cfg.aggregator.root_samples:  # FLTrust (validated): the server's update on its root samples
+        from federated._reference import RootReference
+
+        reference = RootReference(model_fn, *TrainData(cfg).root(), steps=cfg.workers.local_steps,
+                                  lr=cfg.optimizer.local_lr, batch_size=cfg.workers.batch_size, seed=cfg.run.seed,
+                                  replacement=cfg.data.replacement, per_step=settings["mode"] != "sync")
+    return RobustStrategy(components.build_rule(cfg), **settings, **common, reference_fn=reference)
 
 
 def runs(cfg: TrainConfig, opts: Dict[str, Any]) -> List[Tuple[str, TrainConfig, Dict[str, Any]]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 import logging
 import time
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -19,10 +19,12 @@ from flwr.serverapp.strategy import FedAvg, Result
 
 from robustagg._validation import check_choice, check_float, check_int
 from robustagg.aggregators import Aggregator, ops
+from robustagg.aggregators.fltrust import fltrust_stage
 
 from federated import _rules
 from federated._metrics import (check_weight_key, log_received, log_round, mean_metrics, node_partition, train_metrics,
                                 wait_for_nodes)
+from federated._reference import reference_vector
 from federated._updates import Layout, MalformedReply, metric_scalar, split_records
 
 logger = logging.getLogger("flwr.robustagg")
@@ -91,6 +93,16 @@ class RobustStrategy(FedAvg):
     per_layer : bool
         Aggregate each floating-point array separately, with its own copy of the rule.
     mode : {"sync", "afa-cd", "afa-cs"}
+    reference_fn : callable, optional
+        FLTrust's trusted direction (the rule, or a pipeline's last stage, is ``fltrust``):
+        ``reference_fn(arrays, server_round)`` gets the global arrays :math:`x_t` and returns
+        the server's own update on its root data, in the space of the aggregated updates
+        (:math:`y - x_t` after local training like a client's; per local step in the AFA
+        modes): a ``(d,)`` vector of the floating-point arrays flattened in record order, or
+        a mapping ``{key: array}`` over them (an ``ArrayRecord`` included). It is called once
+        per aggregated round, before the rule; when it raises or returns a wrong shape or
+        NaN/Inf, the round is skipped with the reason. Without it FLTrust falls back to the
+        median of the updates (a warning says so).
     *fedavg_args, **fedavg_kwargs
         :class:`flwr.serverapp.strategy.FedAvg`'s arguments, positionally after the rule or
         by keyword (``fraction_train``, ``fraction_evaluate``, ``min_train_nodes``, ...).
@@ -104,7 +116,8 @@ class RobustStrategy(FedAvg):
     history : list of dict
         One entry per aggregated round: ``round``, ``accepted`` / ``absent`` / ``replayed``
         nodes, ``rejected`` ({node: reason}), ``skipped`` (bool) and ``reason``, ``trusted`` /
-        ``weights`` when the rule exposes them, ``seconds`` spent in ``aggregate_train`` and
+        ``weights`` when the rule exposes them, ``reference`` (FLTrust: ``"server"`` or
+        ``"median"``), ``seconds`` spent in ``aggregate_train`` and
         ``rule_seconds`` of it in the rule itself. Nodes are partition ids when
         :attr:`partitions` knows them all (``ids == "partition"``, ``node_ids`` maps them
         back), else Flower node ids (``ids == "node"``).
@@ -121,7 +134,7 @@ class RobustStrategy(FedAvg):
 
     def __init__(self, aggregator: Any, *fedavg_args: Any, pre: Any = None, f: int = 0, server_lr: float = 1.0,
                  server_momentum: float = 0.0, per_layer: bool = False, mode: str = "sync",
-                 **fedavg_kwargs: Any) -> None:
+                 reference_fn: Optional[Callable[[ArrayRecord, int], Any]] = None, **fedavg_kwargs: Any) -> None:
         try:  # FedAvg's own signature, positional or by keyword, after the rule
             bound = inspect.signature(FedAvg.__init__).bind(self, *fedavg_args, **fedavg_kwargs)
         except TypeError as exc:
@@ -140,6 +153,15 @@ class RobustStrategy(FedAvg):
             raise TypeError(f"per_layer must be a bool, got {per_layer!r}")
         self.per_layer = per_layer
         self.mode = check_choice(mode, "mode", MODES)
+        if reference_fn is not None and not callable(reference_fn):
+            raise TypeError(f"reference_fn must be callable (arrays, server_round) -> update, got {reference_fn!r}")
+        if reference_fn is not None and fltrust_stage(self.rule) is None:
+            raise ValueError(f"reference_fn is read only by fltrust (the rule or the pipeline's last stage), "
+                             f"not by {self.rule.name!r}")
+        if reference_fn is None and fltrust_stage(self.rule) is not None:
+            logger.warning("fltrust without reference_fn: the median of the updates stands in for the server's "
+                           "update (pass reference_fn for FLTrust's guarantee)")
+        self.reference_fn = reference_fn
         self.history: List[Dict[str, Any]] = []
         self._layout: Optional[Layout] = None
         self._global: Optional[np.ndarray] = None
@@ -256,8 +278,13 @@ class RobustStrategy(FedAvg):
                                               f"needs at least {needed}")
         else:
             try:
+                reference = self._reference(server_round)
+            except Exception as exc:  # noqa: BLE001 - a failing reference skips the round, never the server
+                entry.update(skipped=True, reason=f"reference_fn failed: {type(exc).__name__}: {exc}")
+        if not entry["skipped"]:
+            try:
                 tic = time.perf_counter()
-                aggregate, exposed = self._aggregate(X, nodes)
+                aggregate, exposed = self._aggregate(X, nodes, reference)
                 entry["rule_seconds"] = time.perf_counter() - tic
                 if aggregate.untyped_storage().data_ptr() == X.untyped_storage().data_ptr():
                     aggregate = aggregate.clone()  # a row of the reused buffer (e.g. Krum's pick)
@@ -378,16 +405,31 @@ class RobustStrategy(FedAvg):
                 M[j] = self._store[node]
         return M, everyone
 
-    def _aggregate(self, X: torch.Tensor, nodes: List[int]) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    def _reference(self, server_round: int) -> Optional[torch.Tensor]:
+        """FLTrust: ``reference_fn``'s update for this round as one ``(d,)`` vector (``None`` without it)."""
+        if self.reference_fn is None:
+            return None
+        return reference_vector(self.reference_fn(self._global_record, int(server_round)), self._layout)
+
+    def _aggregate(self, X: torch.Tensor, nodes: List[int],
+                   reference: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, Dict[str, Any]]:
         if not self.per_layer:
+            if reference is not None:
+                fltrust_stage(self.rule).set_reference(reference)
             out = self.rule.aggregate(X)
-            return out, _rules.trusted(self.rule, nodes)
+            exposed = _rules.trusted(self.rule, nodes)
+            stage = fltrust_stage(self.rule)
+            if stage is not None:  # "server" (reference_fn) or "median" (the stand-in)
+                exposed["reference"] = stage.last.get("reference")
+            return out, exposed
         layout = self._layout
         rules = _rules.per_layer_rules(self.rule, layout.float_keys, self._layer_rules)
         out = torch.empty(layout.d, dtype=X.dtype)
         per_layer: Dict[str, Any] = {}
         for key in layout.float_keys:
             sl = layout.slices[key]
+            if reference is not None:
+                fltrust_stage(rules[key]).set_reference(reference[sl])
             out[sl] = rules[key].aggregate(X[:, sl].contiguous())
             exposed = _rules.trusted(rules[key], nodes)
             if exposed:

@@ -30,8 +30,8 @@ class FLTrust(Aggregator):
     vector of ``d`` entries, or anything :func:`~robustagg.aggregators.convert.as_matrix`
     flattens to one row, such as a state dict). A parameter server computes it on its root
     data with the current model each round and calls ``rule.set_reference(g0)`` before
-    aggregating; a Flower strategy does the same in ``aggregate_fit`` from the server-side
-    model. Without any reference the rule falls back to the coordinate-wise median of the
+    aggregating (``aggregator.root_samples`` in :mod:`robustagg.train`); a Flower
+    ``federated.RobustStrategy`` does the same with its ``reference_fn``. Without any reference the rule falls back to the coordinate-wise median of the
     inputs as the trusted direction (a stand-in: FLTrust's guarantee needs the server's
     gradient) and says so in ``last["reference"]``.
 
@@ -108,3 +108,14 @@ class FLTrust(Aggregator):
             w = trust * g0_norm / safe / total if total > 0 else torch.zeros_like(trust)
         self.last = {"trust": trust, "reference": source}
         return w
+
+
+def fltrust_stage(rule: Any) -> Optional[FLTrust]:
+    """The :class:`FLTrust` rule that ``rule`` ends with: ``rule`` itself, or a pipeline's last
+    stage; ``None`` otherwise (what a trainer or a strategy hands the server's reference to)."""
+    if isinstance(rule, FLTrust):
+        return rule
+    stages = getattr(rule, "stages", None)
+    if stages and isinstance(stages[-1], FLTrust):
+        return stages[-1]
+    return None

@@ -174,14 +174,38 @@ def load_dataset(cfg: "TrainConfig"):
 
 def partition(cfg: "TrainConfig", dataset: Any) -> List[np.ndarray]:
     """One index array per worker (all ``n``; the Byzantine workers' data is used only when
-    they poison it). The partition seed is derived from ``run.seed``."""
+    they poison it). The partition seed is derived from ``run.seed``. The server's root
+    samples (:func:`root_indices`) are left out: the workers share the rest."""
     from robustagg import data
 
     params = dict(cfg.data.partition_params)
     if normalize_name(cfg.data.partition) in ("dirichlet", "non-iid"):
         params.setdefault("alpha", cfg.data.alpha)
     params.setdefault("seed", derive_seed(cfg.run.seed, "partition") % (2 ** 31))
-    return data.partition(cfg.data.partition, dataset.y_train, cfg.workers.n, **params)
+    root = root_indices(cfg, dataset)
+    if root is None:
+        return data.partition(cfg.data.partition, dataset.y_train, cfg.workers.n, **params)
+    import torch
+
+    rest = np.setdiff1d(np.arange(len(dataset.y_train)), root)
+    labels = dataset.y_train[torch.as_tensor(rest)] if torch.is_tensor(dataset.y_train) else dataset.y_train[rest]
+    parts = data.partition(cfg.data.partition, labels, cfg.workers.n, **params)
+    return [rest[np.asarray(p, dtype=np.int64)] for p in parts]
+
+
+def root_indices(cfg: "TrainConfig", dataset: Any) -> Optional[np.ndarray]:
+    """The server's root dataset (FLTrust's trusted data): ``aggregator.root_samples`` training
+    indices drawn without replacement with a seed derived from ``run.seed``, sorted; ``None``
+    when ``root_samples = 0``. No worker's partition holds them."""
+    k = getattr(cfg.aggregator, "root_samples", 0)
+    if not k:
+        return None
+    size = len(dataset.y_train)
+    if k >= size:
+        raise ValueError(f"aggregator.root_samples = {k} leaves no training data to the workers "
+                         f"(the training set has {size} samples)")
+    rng = np.random.default_rng(derive_seed(cfg.run.seed, "root") % (2 ** 31))
+    return np.sort(rng.choice(size, size=k, replace=False))
 
 
 def model_factory(cfg: "TrainConfig", dataset: Any):
@@ -240,6 +264,7 @@ def validate(cfg: "TrainConfig") -> Components:
         raise ValueError(f"workers.f must be < workers.n (got n={n}, f={f}): at least one worker must be honest")
     check_int(w.batch_size, "workers.batch_size", minimum=1)
     check_int(w.local_steps, "workers.local_steps", minimum=1)
+    check_int(cfg.aggregator.root_samples, "aggregator.root_samples", minimum=0)
     for key in ("lr", "local_lr", "weight_decay"):
         value = getattr(opt, key)
         check_float(value, f"optimizer.{key}", minimum=0.0, strict_min=key != "weight_decay")
@@ -274,6 +299,7 @@ def validate(cfg: "TrainConfig") -> Components:
         return Components(attack=attack, poisoner=poisoner, mixing_rule=_check_p2p(cfg))
     faults, participation = build_faults(cfg), build_participation(cfg)
     rule = build_rule(cfg)
+    _check_root(cfg, rule)
     need = rule.min_inputs()
     if need > n:
         bound = "" if cfg.aggregator.pipeline else f" ({rule.bound})"
@@ -281,6 +307,19 @@ def validate(cfg: "TrainConfig") -> Components:
             f"aggregator {rule.name!r} with f={cfg.rule_f} needs at least {need} inputs{bound}, but the server "
             f"receives at most workers.n = {n} updates per step; lower aggregator.f or add workers")
     return Components(rule=rule, attack=attack, poisoner=poisoner, faults=faults, participation=participation)
+
+
+def _check_root(cfg: "TrainConfig", rule: Any) -> None:
+    """FLTrust needs the server's root data, and only FLTrust uses it."""
+    from robustagg.aggregators.fltrust import fltrust_stage
+
+    uses = fltrust_stage(rule) is not None
+    if uses and not cfg.aggregator.root_samples:
+        raise ValueError("aggregator 'fltrust' needs the server's own gradient: set aggregator.root_samples "
+                         "(e.g. 100 training samples held by the server)")
+    if cfg.aggregator.root_samples and not uses:
+        raise ValueError(f"aggregator.root_samples = {cfg.aggregator.root_samples} is read only by fltrust "
+                         f"(the rule or the pipeline's last stage), not by {rule.name!r}; set it to 0")
 
 
 def check_device(device: str, key: str = "run.device") -> None:
@@ -341,6 +380,7 @@ def _check_p2p(cfg: "TrainConfig") -> Optional[aggregators.Aggregator]:
     unsupported = [name for name, used in (("faults", bool(cfg.faults)),
                                            ("participation", build_participation(cfg) is not None),
                                            ("aggregator.pipeline", bool(cfg.aggregator.pipeline)),
+                                           ("aggregator.root_samples", cfg.aggregator.root_samples > 0),
                                            ("optimizer.weight_decay (use p2p.l2)", cfg.optimizer.weight_decay > 0))
                    if used]
     if unsupported:

@@ -93,6 +93,7 @@ class AggregatorConfig:
     f: Optional[int] = None
     params: Params = field(default_factory=dict)
     pipeline: List[StageConfig] = field(default_factory=list)
+    root_samples: int = 0
 
 
 @dataclass

@@ -33,10 +33,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from robustagg.aggregators import ops
+from robustagg.aggregators.fltrust import fltrust_stage
 from robustagg.participation import Arrival
 from robustagg.train import checkpoint as ckpt
 from robustagg.train.base import StepResult, Trainer
-from robustagg.train.components import derive_seed
+from robustagg.train.components import derive_seed, root_indices
 from robustagg.train.optim import ServerSGD
 from robustagg.train.worker import build_loaders, local_update
 
@@ -69,6 +70,14 @@ class ParameterServer(Trainer):
       (Yang et al., Algorithm 2);
     * ``fedavg``: the naive baseline "average who arrived" with FedAvg's unnormalised
       updates :math:`\sum_k g_k` (the model change divided by :math:`\eta_L`).
+
+    **FLTrust** (the rule, or a pipeline's last stage): the server holds
+    ``aggregator.root_samples`` training samples no worker has (:func:`~robustagg.train.components.root_indices`)
+    and, at the start of every server step, computes its own update on them from :math:`x_t`
+    exactly as an honest worker does (``workers.local_steps`` local steps, the mode's
+    reduction, batches of ``workers.batch_size``), then hands it to the rule with
+    ``set_reference`` before the attack and the aggregation. A rule object passed as
+    ``aggregator=`` with ``root_samples = 0`` keeps its own reference (or its median fallback).
 
     A run whose model or honest training loss becomes non-finite (NaN/Inf: e.g. the mean
     under a scaled attack) stops with a warning; its last history row has ``diverged = 1``.
@@ -127,6 +136,35 @@ class ParameterServer(Trainer):
         self.store = torch.zeros(self.n, d, device=self.device) if self.mode == "afa-cs" else None
         self.U = torch.empty(self.n, d, device=self.device)  # this step's updates, one row per worker
         self._warned_skip = self._warned_nonfinite = False
+        self.fltrust = fltrust_stage(self.rule)
+        self.root_loader = self._root_loader() if self.fltrust is not None else None
+        self._g0 = None if self.root_loader is None else torch.empty_like(self.x)  # the reference buffer
+
+    def _root_loader(self) -> Any:
+        """The batches of the server's root data (``None`` without ``aggregator.root_samples``)."""
+        root = root_indices(self.config, self.dataset)
+        if root is None:
+            return None
+        from robustagg.data import WorkerLoader
+
+        index = torch.as_tensor(root, dtype=torch.long)
+        X, y = self.dataset.X_train[index].to(self.device), self.dataset.y_train[index].to(self.device)
+        return WorkerLoader(X, y, range(len(root)), self.config.workers.batch_size,
+                            derive_seed(self.seed, "root-loader") % (2 ** 31), replacement=self.config.data.replacement)
+
+    def server_reference(self, t: int) -> Optional[torch.Tensor]:
+        """FLTrust's reference at step ``t``: the server's update on its root data from
+        :math:`x_t`, computed like an honest worker's; handed to the rule (``set_reference``)
+        and returned. ``None`` (nothing done) without FLTrust or root data."""
+        if self.root_loader is None:
+            return None
+        opt = self.config.optimizer
+        g0, _ = local_update(self.flat, self.x, self.root_loader.next, self.loss_fn,
+                             local_steps=self.config.workers.local_steps, local_lr=opt.local_lr,
+                             reduce="sum" if self.mode == "fedavg" else "mean",
+                             seed=derive_seed(self.seed, "root", t), out=self._g0)
+        self.fltrust.set_reference(g0)
+        return g0
 
     # ------------------------------------------------------------------ the three phases
     def plan(self, t: int) -> List[Arrival]:
@@ -194,6 +232,10 @@ class ParameterServer(Trainer):
         aggregates its ``store`` of every worker's latest arrived row instead.
         """
         tic = self._clock()
+        self.server_reference(t)  # FLTrust: before the attack, so an aggregator-aware attack sees it
+        t_reference = self._clock() - tic
+
+        tic = self._clock()
         rows = self._buffer_rows(updates)
         self._attack(t, rows)
         t_attack = self._clock() - tic
@@ -201,7 +243,7 @@ class ParameterServer(Trainer):
         tic = self._clock()
         X = self._deliver(t, rows)
         u, nonfinite = self._aggregate(X)
-        t_aggregate = self._clock() - tic
+        t_aggregate = self._clock() - tic + t_reference
         result = StepResult(lr=self.lr_at(t), rows=int(X.shape[0]), skipped=u is None, skipped_nonfinite=nonfinite,
                             times={"t_attack": t_attack, "t_aggregate": t_aggregate, "t_optimizer": 0.0})
         if nonfinite and self.config.run.on_nonfinite == "stop":
@@ -334,6 +376,7 @@ class ParameterServer(Trainer):
             "rule": ckpt.capture(self.rule),
             "faults": ckpt.capture(self.faults),
             "attack": ckpt.capture(self.attack),
+            "root_loader": None if self.root_loader is None else self.root_loader.state_dict(),
         }
 
     def _load_state(self, state: Dict[str, Any]) -> None:
@@ -349,3 +392,5 @@ class ParameterServer(Trainer):
         ckpt.restore(self.rule, state["rule"])
         ckpt.restore(self.faults, state["faults"])
         ckpt.restore(self.attack, state["attack"])
+        if self.root_loader is not None and state.get("root_loader") is not None:
+            self.root_loader.load_state_dict(state["root_loader"])
