@@ -22,16 +22,17 @@ from robustagg.aggregators import Aggregator, ops
 from robustagg.aggregators.fltrust import fltrust_stage
 
 from federated import _rules
-from federated._metrics import (check_weight_key, log_received, log_round, mean_metrics, node_partition, train_metrics,
+from federated._metrics import (check_weight_key, log_received, log_round, mean_metrics, train_metrics,
                                 wait_for_nodes)
 from federated._reference import reference_vector
-from federated._updates import Layout, MalformedReply, metric_scalar, split_records
+from federated._collect import LOCAL_STEPS_KEY, SKIPPED_KEY, collect
+from federated._updates import Layout, split_records
 
 logger = logging.getLogger("flwr.robustagg")
 
+__all__ = ["RobustStrategy", "MODES", "LOCAL_STEPS_KEY", "SKIPPED_KEY", "mean_metrics"]
+
 MODES = ("sync", "afa-cd", "afa-cs")
-LOCAL_STEPS_KEY = "local-steps"
-SKIPPED_KEY = "skipped"
 
 
 class RobustStrategy(FedAvg):
@@ -172,7 +173,10 @@ class RobustStrategy(FedAvg):
         self._buffer: Optional[np.ndarray] = None  # (rows, d) update matrix reused every round
         self._row_views: List[List[np.ndarray]] = []  # its rows cut into the float arrays' places
         self._global_views: List[np.ndarray] = []
-        self._store: Dict[int, torch.Tensor] = {}  # AFA-CS: latest update of each node
+        # AFA-CS: the latest update of every known node, row j for the j-th node first seen
+        # (kept across rounds and grown by doubling, not rebuilt from a dict every round)
+        self._store: Optional[torch.Tensor] = None
+        self._store_rows: Dict[int, int] = {}
         #: node id -> partition id, as the grid (``InlineGrid``) or the nodes' replies state them
         self.partitions: Dict[int, int] = {}
 
@@ -249,7 +253,7 @@ class RobustStrategy(FedAvg):
                 for k in layout.keys):
             layout = Layout(arrays)
             if self._layout is not None:  # the model changed: server state no longer fits
-                self._momentum, self._store, self._layer_rules = None, {}, {}
+                self._momentum, self._store, self._store_rows, self._layer_rules = None, None, {}, {}
             self._buffer, self._row_views = None, []
         self._layout, self._global_record = layout, arrays
         self._global = layout.flatten(arrays)
@@ -266,7 +270,7 @@ class RobustStrategy(FedAvg):
         errors = [m for m in replies if m.has_error()]
         log_received("aggregate_train", len(replies) - len(errors), errors)
         entry: Dict[str, Any] = {"round": int(server_round), "skipped": False, "reason": ""}
-        X, nodes, contents, rejected, absent, replayed = self._collect(replies)
+        X, nodes, contents, rejected, absent, replayed = collect(self, replies)
         check_weight_key([m for _, records in contents for m in records], self.weighted_by_key, "training")
         entry.update(accepted=list(nodes), rejected=rejected, absent=absent, replayed=replayed)
         if self.mode == "afa-cs":
@@ -322,67 +326,6 @@ class RobustStrategy(FedAvg):
             return None
 
     # ----------------------------------------------------------------- internals
-    def _collect(self, replies: List[Message]):
-        """Decode the replies into an ``(n, d)`` update matrix, rejecting malformed ones.
-
-        Each node counts once per round: accepted with its first valid reply (later replies
-        are ignored and listed as ``replayed``), else rejected (first reason), else absent.
-        """
-        layout = self._layout
-        X = self._rows(len(replies))
-        nodes: List[int] = []
-        contents: List[Any] = []
-        steps: List[float] = []
-        rejected: Dict[int, str] = {}
-        absent: List[int] = []
-        replayed: List[int] = []
-        seen = set()
-        for msg in replies:
-            node = int(msg.metadata.src_node_id)
-            self._known_nodes.setdefault(node, None)
-            if node in seen:
-                replayed.append(node)
-                continue
-            if msg.has_error() or not msg.has_content():
-                absent.append(node)
-                continue
-            content = msg.content
-            try:
-                records, metric_records = split_records(content)
-                metrics = metric_records[0] if len(metric_records) == 1 else {}
-                if not records and metric_scalar(metrics, SKIPPED_KEY):
-                    absent.append(node)
-                    continue
-                if len(records) != 1:
-                    raise MalformedReply(f"expected one ArrayRecord, got {len(records)}")
-                k = 1.0
-                if self.mode != "sync":
-                    k = metric_scalar(metrics, LOCAL_STEPS_KEY)
-                    raw = metrics.get(LOCAL_STEPS_KEY) if hasattr(metrics, "get") else None
-                    if k is None and raw is None:
-                        k = 1.0
-                    elif k is None or k < 1:
-                        raise MalformedReply(f"invalid {LOCAL_STEPS_KEY!r}: {raw!r}")
-                layout.decode_views(records[0], self._row_views[len(nodes)], self._global_views)
-                if not ops.all_finite(torch.from_numpy(X[len(nodes)])):  # one pass over the row
-                    raise MalformedReply("non-finite values (NaN/Inf)")
-            except MalformedReply as exc:
-                rejected.setdefault(node, str(exc))
-                continue
-            seen.add(node)
-            nodes.append(node)
-            contents.append((content, metric_records))
-            steps.append(k)
-            partition = node_partition(content)
-            if partition is not None:
-                self.partitions.setdefault(node, partition)
-        X = X[: len(nodes)]
-        rejected = {n: r for n, r in rejected.items() if n not in seen}
-        absent = [n for n in dict.fromkeys(absent) if n not in seen and n not in rejected]
-        if self.mode != "sync" and any(k != 1.0 for k in steps):
-            X /= np.asarray(steps, dtype=X.dtype)[:, None]
-        return torch.from_numpy(X), nodes, contents, rejected, absent, replayed
-
     def _rows(self, n: int) -> np.ndarray:
         """The update buffer with at least ``n`` rows, allocated once and reused across rounds
         (a fresh ``(n, d)`` array every round costs page faults on first touch), and the views
@@ -394,16 +337,24 @@ class RobustStrategy(FedAvg):
         return self._buffer
 
     def _cross_silo(self, X: torch.Tensor, nodes: List[int]) -> Tuple[torch.Tensor, List[int]]:
-        """AFA-CS: overwrite the arrivals' stored updates, return all ``M`` stored updates."""
-        for i, node in enumerate(nodes):
-            self._store[node] = X[i].clone()
+        """AFA-CS: overwrite the arrivals' stored updates, return all ``M`` stored updates (zeros
+        for a known node that has not sent one yet), in the order the nodes were first seen."""
         everyone = list(self._known_nodes)
-        d = self._layout.d
-        M = torch.zeros((len(everyone), d), dtype=X.dtype)
-        for j, node in enumerate(everyone):
-            if node in self._store:
-                M[j] = self._store[node]
-        return M, everyone
+        for node in everyone[len(self._store_rows):]:
+            self._store_rows[node] = len(self._store_rows)
+        m, store = len(everyone), self._store
+        if store is None or store.shape[0] < m or store.dtype != X.dtype:
+            grown = torch.zeros((max(m, 2 * (0 if store is None else store.shape[0])), self._layout.d), dtype=X.dtype)
+            if store is not None:
+                grown[: store.shape[0]] = store
+            self._store = store = grown
+        for i, node in enumerate(nodes):
+            store[self._store_rows[node]] = X[i]
+        M = store[:m]
+        # a stage that scales its input in place (clipping/arc with inplace=True) must not
+        # rewrite the stored updates
+        stages = getattr(self.rule, "stages", [self.rule])
+        return (M.clone() if any(getattr(s, "inplace", False) for s in stages) else M), everyone
 
     def _reference(self, server_round: int) -> Optional[torch.Tensor]:
         """FLTrust: ``reference_fn``'s update for this round as one ``(d,)`` vector (``None`` without it)."""

@@ -413,6 +413,23 @@ def test_afa_cs_keeps_the_latest_update_of_every_known_node():
     assert strategy.history[-1]["accepted"] == []
 
 
+def test_afa_cs_store_grows_with_late_nodes_and_survives_in_place_clipping():
+    # the store is kept across rounds: a node first seen in round 2 gets a new row, and a stage
+    # that scales its input in place (clipping, inplace=True) must not rewrite the stored updates
+    glob = make_global()
+    U = updates(4, seed=12)
+    rule = ra.pipeline(ra.get("clipping", c=1e-3, inplace=True), ra.get("mean"))
+    strategy = RobustStrategy(rule, mode="afa-cs")
+    strategy.configure_train(1, glob, ConfigRecord(), FakeGrid(NODES[:2]))
+    a1, _ = strategy.aggregate_train(1, replies_for(glob, U[:2], nodes=NODES[:2]))
+    E1 = expected_updates(glob, U[:2])
+    np.testing.assert_allclose(strategy._store[:2].numpy(), E1, rtol=1e-6)
+    strategy.configure_train(2, a1, ConfigRecord(), FakeGrid(NODES[:4]))
+    strategy.aggregate_train(2, replies_for(a1, U[2:4], nodes=NODES[2:4]))
+    E2 = expected_updates(a1, U[2:4])
+    np.testing.assert_allclose(strategy._store[:4].numpy(), np.concatenate([E1, E2]), rtol=1e-6)
+
+
 def test_layout_fast_and_slow_decoding_agree():
     glob = make_global()
     layout = Layout(glob)
