@@ -18,12 +18,12 @@ unit-normalised, one IRLS iteration, m = 8, output Y Y^T sum_i u_i / m (``flag``
 
 Scales (``SCALES``):
 
-* ``full`` (default; 99 runs, about 9 minutes on 2 idle cores): that recipe on CPU. ResNet-18 with the
+* ``full`` (default; 99 runs, about 13 minutes on 2 cores): that recipe on CPU. ResNet-18 with the
   torchvision layout (7x7 stride-2 stem + max-pool, BatchNorm) at width 8 (1/8 of 64) on
   mnist-5k (CIFAR-10 cannot be downloaded offline), batch 128, the reference optimiser,
-  50 steps with the x0.2 decay every 12 steps (260/1,050 of the run, as in the reference),
+  80 steps with the x0.2 decay every 20 steps (260/1,050 of the run, as in the reference),
   seeds 0-2, f = 1, 2, 3 and 3 augmented-data workers. Cut for time: the iteration count
-  (1,050 -> 50), the width, the data; no lambda sweep (see ``fa-cnn``). Two extra panels
+  (1,050 -> 80), the width, the data; no lambda sweep (see ``fa-cnn``). Two extra panels
   measure the mechanism: zero-mean U[-1/2, 1/2) noise (``centred f=3``) and the remedies
   ``nnm>flag``, ``bucketing>flag``, ``flag m=2`` under the f = 3 random attack.
 * ``quick``: f = 3 random and centred noise, 4 rules, 1 seed, 30 steps (``pytest -m slow``).
@@ -64,7 +64,7 @@ FA_CNN = {"data": {"name": "mnist-5k"}, "model": {"name": "fa-cnn", "params": {}
 _MAIN = {"seeds": [0, 1, 2], "f_values": [1, 2, 3], "augmented": True, "rules": RULES, "lams": [], "lam_n": 7,
          "lam_m": 4, "centred": [], "remedies": [], "device": "cpu", "paper": True}
 SCALES: Dict[str, Dict[str, Any]] = {
-    "full": {**RECIPE, **_MAIN, "steps": 50, "eval_every": 10, "centred": ["flag", "multi-krum"],
+    "full": {**RECIPE, **_MAIN, "steps": 80, "eval_every": 10, "centred": ["flag", "multi-krum"],
              "remedies": REMEDIES},
     "quick": {**RECIPE, **_MAIN, "steps": 30, "eval_every": 10, "seeds": [0], "f_values": [3], "augmented": False,
               "rules": ["flag", "multi-krum", "trimmed-mean", "mean"], "centred": ["flag"]},

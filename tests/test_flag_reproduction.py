@@ -143,7 +143,7 @@ def test_default_scale_is_the_authors_recipe():
     assert cfg["model"] == {"name": "resnet18", "params": {"width": 8, "stem": "imagenet"}}
     assert cfg["workers"] == {"n": 15, "f": 2, "batch_size": 128}
     assert cfg["optimizer"] == {"lr": 0.2, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
-                                "schedule_params": {"step_size": 12, "gamma": 0.2}}  # 50 steps x 260 / 1050
+                                "schedule_params": {"step_size": 20, "gamma": 0.2}}  # 80 steps x 260 / 1050
     assert cfg["attack"] == {"name": "random", "params": {"low": 0.0, "high": 1.0}}
     # FA as the authors train it: one IRLS iteration, m = 8, the unit-vector output (the default)
     assert cfg["aggregator"] == {"name": "flag", "f": 2, "params": {"m": 8, "lam": 0.0, "iters": 1}}
