@@ -36,7 +36,7 @@ FAMILIES: Dict[str, Tuple[Sequence[str], Sequence[str], str]] = {
     "attacks": (("attacks/*.py",), ("register",), "robustagg.attacks"),
     "faults": (("faults/*.py",), ("register",), "robustagg.faults"),
     "poisoning": (("poisoning/__init__.py",), ("_registered",), "robustagg.poisoning"),
-    "participation": (("participation.py",), ("register",), "robustagg.participation"),
+    "participation": (("participation/*.py",), ("register",), "robustagg.participation"),
     "datasets": (("data/*.py",), ("DATASETS.register",), "robustagg.data"),
     "models": (("models.py",), ("MODELS.register",), "robustagg.models"),
     "methods": (("election/certificates.py",), ("METHODS.register",), "robustagg.election"),
