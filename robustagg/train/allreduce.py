@@ -44,7 +44,7 @@ import torch.distributed as dist
 
 from robustagg.aggregators import ops
 from robustagg.attacks import classic
-from robustagg.collective import ShardComm, robust_all_reduce
+from robustagg.collective import CollectiveError, ShardComm, robust_all_reduce
 from robustagg.train.base import StepResult
 from robustagg.train.components import derive_seed
 from robustagg.train.results import History
@@ -113,6 +113,7 @@ class AllReduceTrainer(ParameterServer):
         super().__init__(config, **kwargs)
         check_topology(self.attack, self.mode)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.writes_run_dir = self.rank == 0  # another rank must not delete rank 0's temporary files
         computing = [w for w in range(self.n) if self.loaders[w] is not None]
         self.blocks = assign_workers(computing, self.world)
         self.mine = self.blocks[self.rank]
@@ -129,6 +130,8 @@ class AllReduceTrainer(ParameterServer):
         self._mean: Optional[torch.Tensor] = None
         self._h = 0
         self._rows = 0
+        #: the step of the last checkpoint written or read (``None``: none yet), for error messages
+        self.checkpoint_step: Optional[int] = None
 
     def _sum(self, values: torch.Tensor) -> torch.Tensor:
         """The float64 sum over ranks (a rank that does not answer within the timeout raises
@@ -246,8 +249,14 @@ class AllReduceTrainer(ParameterServer):
                 "momentum": {} if self.worker_momentum is None else
                 {w: self.worker_momentum[w].cpu() for w in self.mine}}
         everything: List[Any] = [None] * self.world
-        dist.all_gather_object(everything, mine)
+        try:  # a plain collective: it waits for the process group's timeout (the launcher's --timeout)
+            dist.all_gather_object(everything, mine)
+        except RuntimeError as exc:
+            raise CollectiveError(f"rank {self.rank} lost contact with the group while collecting the checkpoint "
+                                  f"of step {self.t}: a rank died or hangs ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
         if self.rank != 0:
+            self.checkpoint_step = self.t
             return path if path is not None else self.checkpoint_path
         self._momenta = {}
         for state in everything:
@@ -255,9 +264,11 @@ class AllReduceTrainer(ParameterServer):
                 self.loaders[w].load_state_dict(sub)
             self._momenta.update(state["momentum"])
         try:
-            return super().save_checkpoint(path)
+            written = super().save_checkpoint(path)
         finally:
             self._momenta = {}
+        self.checkpoint_step = self.t
+        return written
 
     def _state(self) -> Dict[str, Any]:
         state = super()._state()
@@ -271,6 +282,7 @@ class AllReduceTrainer(ParameterServer):
     def _load_state(self, state: Dict[str, Any]) -> None:
         momentum = self.worker_momentum
         super()._load_state(state)
+        self.checkpoint_step = self.t
         if momentum is not None:
             full = state["worker_momentum"]
             self.worker_momentum = {w: full[w].to(self.device).clone() for w in self.mine}
