@@ -97,6 +97,7 @@ def test_two_ranks_reach_the_in_process_model(two_ranks, case):
     ref = in_process(CASES[case])
     assert got["t"] == ref.t
     assert got["ranks_agree"], "the ranks' models differ"
+    assert got["writes_run_dir"] == [True, False]  # rank 1 leaves rank 0's files alone
     assert torch.allclose(got["x"], ref.x, rtol=0, atol=ATOL), (got["x"] - ref.x).abs().max()
     assert got["counts"] == [{k: r.get(k) for k in COUNTS} for r in ref.history]
     assert got["loss"] == pytest.approx(ref.history.column("loss"), rel=1e-5)
@@ -140,6 +141,22 @@ def test_killed_and_resumed_run_matches_in_process(tmp_path):
     assert state["t"] == 6
     assert torch.allclose(state["trainer"]["x"], ref.x, rtol=0, atol=ATOL), (state["trainer"]["x"] - ref.x).abs().max()
     assert torch.allclose(state["trainer"]["worker_momentum"], ref.worker_momentum, rtol=0, atol=ATOL)
+
+
+@pytest.mark.parametrize("writes", [True, False])
+def test_only_the_writing_rank_removes_stale_temporaries(tmp_path, writes):
+    """A rank that does not write the run directory must not delete what the writer has in
+    flight (rank 1 once removed rank 0's ``config.toml`` temporary mid-write)."""
+    from robustagg.train import ParameterServer, TrainConfig
+
+    ps = ParameterServer(TrainConfig.from_toml_string(BASE + RULES["krum"], [f"run.out_dir='{tmp_path}'",
+                                                                          "run.checkpoint_every=0"]))
+    ps.writes_run_dir = writes
+    ps.run_dir.mkdir(parents=True)
+    temporary = ps.run_dir / ".config.toml.abc123.tmp"
+    temporary.write_text("in flight")
+    ps.run(0, write=False)
+    assert temporary.exists() is not writes
 
 
 def _free_port() -> int:
@@ -256,11 +273,14 @@ def _rank_main(out: Path) -> None:
             trainer.run()
             xs = [torch.empty_like(trainer.x) for _ in range(trainer.world)]
             dist.all_gather(xs, trainer.x)
+            writes = [None] * trainer.world
+            dist.all_gather_object(writes, trainer.writes_run_dir)
             if trainer.rank == 0:
                 torch.save({"x": trainer.x, "t": trainer.t, "ranks_agree": all(torch.equal(x, xs[0]) for x in xs),
                             "counts": [{k: r.get(k) for k in COUNTS} for r in trainer.history],
                             "loss": trainer.history.column("loss"),
-                            "attack_last": getattr(trainer.attack, "last", None)}, out / f"{case}.pt")
+                            "attack_last": getattr(trainer.attack, "last", None),
+                            "writes_run_dir": writes}, out / f"{case}.pt")
     finally:
         dist.destroy_process_group()
 
