@@ -55,9 +55,15 @@ SETTINGS = {
     "gaussian": '[attack]\nname = "gaussian"\nparams = {sigma = 1.0}\n',
     # a NaN attacker and a NaN fault: 2 > f non-finite rows, every step is skipped on every rank
     "nan-attack-and-fault": '[attack]\nname = "nan"\n\n[[faults]]\nname = "nonfinite"\nparams = {workers = [2]}\n',
+    # attacks built on coordinate shards: the honest row chosen from the summed centred Gram
+    # matrix; the factor line-searched against the rule run on the shards
+    "mimic": '[attack]\nname = "mimic"\nparams = {index = "max-variance"}\n',
+    "mimic-index": '[attack]\nname = "mimic"\nparams = {index = 4}\n',
+    "alie-opt": '[attack]\nname = "alie-opt"\n',
+    "foe-opt": '[attack]\nname = "foe-opt"\n',
 }
 CASES = {f"{s}-{r}": BASE + SETTINGS[s] + "\n" + RULES[r] for s in SETTINGS for r in RULES
-         if s in ("none", "nan-fault", "alie") or r == "krum"}
+         if s in ("none", "nan-fault", "alie", "mimic", "alie-opt") or r == "krum"}
 
 COUNTS = ("rows", "skipped", "skipped_nonfinite")  # history columns that must agree exactly
 
@@ -101,8 +107,13 @@ def test_two_ranks_reach_the_in_process_model(two_ranks, case):
     assert torch.allclose(got["x"], ref.x, rtol=0, atol=ATOL), (got["x"] - ref.x).abs().max()
     assert got["counts"] == [{k: r.get(k) for k in COUNTS} for r in ref.history]
     assert got["loss"] == pytest.approx(ref.history.column("loss"), rel=1e-5)
-    if "alie" in case:
+    if "alie" in case and "opt" not in case or "mimic" in case:
         assert got["attack_last"] == ref.attack.last
+    if "opt" in case:  # the same factor from the same candidates; the damage up to summation order
+        last, ref_last = got["attack_last"], ref.attack.last
+        assert (last["factor"], last["evaluations"]) == (ref_last["factor"], ref_last["evaluations"])
+        assert [z for z, _ in last["trace"]] == [z for z, _ in ref_last["trace"]]
+        assert [v for _, v in last["trace"]] == pytest.approx([v for _, v in ref_last["trace"]], rel=1e-5)
 
 
 def test_cli_topology_allreduce_writes_the_results(tmp_path):
@@ -213,8 +224,6 @@ def test_a_rank_that_dies_stops_the_others_within_the_timeout_and_resume_continu
 
 
 @pytest.mark.parametrize("attack, why", [
-    ('name = "mimic"', "'mimic'"),
-    ('name = "alie-opt"', "'alie-opt'"),
     ('name = "reverse"\nparams = {per_worker = true}', "'reverse'"),
 ])
 def test_unsupported_attacks_are_refused_in_one_line(tmp_path, capsys, attack, why):
@@ -226,6 +235,20 @@ def test_unsupported_attacks_are_refused_in_one_line(tmp_path, capsys, attack, w
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and why in err and "--topology allreduce" in err, err
     assert not (tmp_path / "topo").exists()
+
+
+def test_attack_objects_outside_the_supported_list_are_refused():
+    from robustagg.attacks.classic import Mimic
+    from robustagg.attacks.gradient_label_flip import GradientLabelFlip
+    from robustagg.train.allreduce import check_topology
+
+    class Custom(Mimic):  # a subclass may look at the rows in any way: not assumed shardable
+        pass
+
+    check_topology(Mimic(), "sgd")
+    for attack in (Custom(), GradientLabelFlip(torch.nn.Linear(2, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), 2)):
+        with pytest.raises(ValueError, match="needs every honest update in one place"):
+            check_topology(attack, "sgd")
 
 
 def test_afa_cs_and_no_server_compute_are_refused(tmp_path, capsys):

@@ -43,7 +43,9 @@ import torch
 import torch.distributed as dist
 
 from robustagg.aggregators import ops
-from robustagg.attacks import classic
+from robustagg.aggregators.base import Aggregator
+from robustagg.attacks import classic, optimized
+from robustagg.attacks.base import repeat_rows
 from robustagg.collective import CollectiveError, ShardComm, robust_all_reduce
 from robustagg.train.base import StepResult
 from robustagg.train.components import derive_seed
@@ -54,7 +56,10 @@ from robustagg.train.worker import assign_workers
 #: attacks computed from the honest mean alone: ``attack([mean], f)`` is ``attack(H, f)``
 MEAN_ONLY = (classic.SignFlip, classic.IPM, classic.FOE, classic.Gaussian, classic.Random,
              classic.Zero, classic.Inf, classic.NaN, classic.Reverse)
-SUPPORTED = ("sign-flip", "reverse", "ipm", "foe", "alie", "gaussian", "random", "zero", "inf", "nan")
+#: attacks built on coordinate shards of the honest rows (:class:`ShardedAttack`)
+SHARDED = (classic.Mimic, optimized.ALIEOpt, optimized.FOEOpt, optimized.IPMOpt)
+SUPPORTED = ("sign-flip", "reverse", "ipm", "foe", "alie", "gaussian", "random", "zero", "inf", "nan",
+             "mimic", "alie-opt", "foe-opt", "ipm-opt")
 
 
 def check_topology(attack: Any, mode: str) -> None:
@@ -66,7 +71,7 @@ def check_topology(attack: Any, mode: str) -> None:
     if attack is None:
         return
     name = getattr(attack, "name", "") or type(attack).__name__
-    ok = type(attack) in MEAN_ONLY + (classic.ALIE,) and not getattr(attack, "per_worker", False)
+    ok = type(attack) in MEAN_ONLY + (classic.ALIE,) + SHARDED and not getattr(attack, "per_worker", False)
     if not ok:
         raise ValueError(f"--topology allreduce: attack {name!r} needs every honest update in one place; "
                          f"supported: {', '.join(SUPPORTED)} (or use --topology ps)")
@@ -82,6 +87,30 @@ def byzantine_rows(attack: Any, mean: torch.Tensor, std: Optional[torch.Tensor],
         row = mean + z * std if h > 1 else mean.clone()
         return row.unsqueeze(0).repeat(f, 1)
     return attack(mean.unsqueeze(0), f, aggregator=aggregator, generator=generator)
+
+
+class ShardedAttack(Aggregator):
+    r"""A :data:`SHARDED` attack as a "rule" for :func:`robust_all_reduce` over the honest rows:
+    every rank passes its honest rows and gets the ``(f, d)`` Byzantine rows.
+
+    On coordinate shard :math:`S` it sees every honest row's values :math:`H_{:,S}`. ``mimic``
+    chooses :math:`i^*` from the centred Gram matrix :math:`K = \sum_S C_{:,S} C_{:,S}^	op`
+    (one all-reduce of ``h x h`` values) and returns :math:`H_{i^*,S}`; the ``*-opt`` attacks
+    evaluate ``rule`` on :math:`[H_{:,S}; b_S(\lambda)]` for each candidate factor (the rule's own
+    statistics summed over shards) and the damage
+    :math:`\|A - ar x\| = (\sum_S \|A_S - ar x_S\|^2)^{1/2}` (one all-reduce of one value).
+    """
+
+    def __init__(self, attack: Any, f: int, rule: Aggregator) -> None:
+        super().__init__(f)
+        self.attack, self.rule = attack, rule
+
+    def aggregate(self, X: torch.Tensor, *, spent: int = 0) -> torch.Tensor:
+        comm = self._shards
+        total = None if comm is None else comm.sum
+        if isinstance(self.attack, classic.Mimic):
+            return repeat_rows(X[self.attack.choose(X, total)], self.f)
+        return self.attack.search(X, self.f, lambda Y: optimized.evaluate_rule(self.rule, Y, comm), total)
 
 
 class AllReduceTrainer(ParameterServer):
@@ -153,7 +182,7 @@ class AllReduceTrainer(ParameterServer):
                     losses.append(torch.as_tensor(loss, dtype=torch.float64))
         honest = [updates[w] for w in sorted(updates) if w < self.h]
         head = torch.tensor([float(sum(losses)) if losses else 0.0, len(losses), len(honest)], dtype=torch.float64)
-        need = self.attack is not None and bool(self.attackers)
+        need = self.attack is not None and bool(self.attackers) and not isinstance(self.attack, SHARDED)
         if need:
             d = self.flat.dim
             partial = torch.zeros(d, dtype=torch.float64, device=self.device)
@@ -173,8 +202,15 @@ class AllReduceTrainer(ParameterServer):
         return {w: self.U[w] for w in updates}
 
     def _attack(self, t: int, rows: Dict[int, torch.Tensor]) -> None:
-        """The Byzantine rows (on the last rank) from the honest mean and, for ALIE, std."""
-        if self._mean is None:
+        """The Byzantine rows (on the last rank) from the honest mean and, for ALIE, std, or
+        for a :data:`SHARDED` attack through :class:`ShardedAttack`."""
+        if self.attack is None or not self.attackers or self._h == 0:
+            return
+        if isinstance(self.attack, SHARDED):
+            honest = [rows[w] for w in sorted(rows) if w < self.h]
+            H = torch.stack(honest) if honest else self.x.new_empty((0, self.flat.dim))
+            B = robust_all_reduce(H, ShardedAttack(self.attack, len(self.attackers), self.rule), timeout=self.timeout)
+            self._place(rows, B)
             return
         std = None
         if isinstance(self.attack, classic.ALIE) and self._h > 1:
@@ -188,6 +224,10 @@ class AllReduceTrainer(ParameterServer):
         gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, "attack", t))
         B = byzantine_rows(self.attack, mean, None if std is None else std.to(dtype), self._h,
                            len(self.attackers), self.rule, gen)  # on every rank: attack.last agrees
+        self._place(rows, B)
+
+    def _place(self, rows: Dict[int, torch.Tensor], B: torch.Tensor) -> None:
+        """The Byzantine rows ``B`` into the last rank's buffers (and ``rows``)."""
         if self.rank != self.world - 1:
             return
         for j, b in enumerate(self.attackers):
