@@ -10,8 +10,9 @@ that compute are split over the ranks as in the parameter-server mode
 ``[attack]`` live on the last rank. One step ``t`` on every rank::
 
     plan(t); compute the own workers' updates        (as the parameter server)
-    all_reduce [loss sum, loss count, honest count, honest sum (d)]
+    all_reduce [loss sum, loss count, honest count, honest sum (d, mean attacks only)]
     (ALIE only) all_reduce of the honest squared deviations (d)
+    (mimic, *-opt) robust_all_reduce(own honest rows, ShardedAttack): the Byzantine rows
     last rank: the Byzantine rows from the honest mean (and standard deviation)
     faults on the own workers' rows
     all_reduce [rows, non-finite rows]
@@ -22,10 +23,18 @@ that compute are split over the ranks as in the parameter-server mode
 that depend on the honest rows only through their mean (``sign-flip``, ``reverse`` without
 ``per_worker``, ``ipm``, ``foe``, ``gaussian``) or not at all (``random``, ``zero``, ``inf``,
 ``nan``) are the attack itself called on the one-row matrix ``[mean]``; ``alie`` also needs the
-per-coordinate standard deviation, from a second all-reduce. Every other attack (``mimic``,
-the ``*-opt`` line searches, ``reverse`` with ``per_worker``, custom attack objects) is refused
-with a one-line error. Data poisoning (``[poisoning]``) needs nothing: the poisoned workers
-compute their own updates.
+per-coordinate standard deviation, from a second all-reduce. ``mimic`` and the ``*-opt`` line
+searches run on coordinate shards of the honest rows (:class:`ShardedAttack`): one
+``all_to_all`` gives each rank every honest row on its shard, the statistics that span all
+coordinates (mimic's centred Gram matrix, each candidate's damage norm and the rule's own
+statistics) are all-reduced, so every rank takes the in-process decision, and one
+``all_gather`` assembles the Byzantine rows. ``reverse`` with ``per_worker`` and attack
+objects of other types are refused with a one-line error. Data poisoning (``[poisoning]``)
+needs nothing: the poisoned workers compute their own updates.
+
+**Failures.** Every collective waits at most ``timeout`` seconds; a rank that died or hangs
+makes the others raise :class:`~robustagg.collective.CollectiveError`, which the launcher
+prints as one line naming the timeout and the checkpoint ``--resume`` continues from.
 
 **Summation order.** The honest mean is a float64 sum over ranks instead of ``H.mean(0)``
 in one process, the honest loss likewise, and the rule's Gram matrix or norms are sums of
