@@ -246,7 +246,8 @@ def test_attack_objects_outside_the_supported_list_are_refused():
         pass
 
     check_topology(Mimic(), "sgd")
-    for attack in (Custom(), GradientLabelFlip(torch.nn.Linear(2, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), 2)):
+    flip = GradientLabelFlip(torch.nn.Linear(2, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), 2)
+    for attack in (Custom(), flip):
         with pytest.raises(ValueError, match="needs every honest update in one place"):
             check_topology(attack, "sgd")
 
