@@ -1,10 +1,13 @@
-"""The ``allreduce`` topology of the distributed trainer (issue 16, item 4): 2 gloo processes,
-no server, reach the in-process parameter server's model within float tolerance, with a Gram
-rule (krum) and a coordinate rule (trimmed-mean), without attack, with a NaN fault and with
-supported attacks; unsupported attacks are refused with a one-line error.
+"""The ``allreduce`` topology of the distributed trainer (issue 16, items 4 and 5): 2 gloo
+processes, no server, reach the in-process parameter server's model within float tolerance,
+with a Gram rule (krum) and a coordinate rule (trimmed-mean), without attack, with a NaN fault,
+with the mean-based attacks and with those built on coordinate shards (mimic, *-opt);
+unsupported attacks are refused with a one-line error; a rank that dies or hangs stops the
+others within ``--timeout`` with one line, and ``--resume`` reaches the uninterrupted model.
 
 Run as a script (``torchrun ... tests/test_allreduce_topology.py OUT``) this file is one rank
-that trains every case of :data:`CASES` and saves the final models in ``OUT``.
+that trains every case of :data:`CASES` and saves the final models in ``OUT``; with ``--die``
+it is one rank of the launcher whose rank ``r`` exits or hangs at a given step.
 """
 
 import os
