@@ -1,10 +1,13 @@
-"""The ``allreduce`` topology of the distributed trainer (issue 16, item 4): 2 gloo processes,
-no server, reach the in-process parameter server's model within float tolerance, with a Gram
-rule (krum) and a coordinate rule (trimmed-mean), without attack, with a NaN fault and with
-supported attacks; unsupported attacks are refused with a one-line error.
+"""The ``allreduce`` topology of the distributed trainer (issue 16, items 4 and 5): 2 gloo
+processes, no server, reach the in-process parameter server's model within float tolerance,
+with a Gram rule (krum) and a coordinate rule (trimmed-mean), without attack, with a NaN fault,
+with the mean-based attacks and with those built on coordinate shards (mimic, *-opt);
+unsupported attacks are refused with a one-line error; a rank that dies or hangs stops the
+others within ``--timeout`` with one line, and ``--resume`` reaches the uninterrupted model.
 
 Run as a script (``torchrun ... tests/test_allreduce_topology.py OUT``) this file is one rank
-that trains every case of :data:`CASES` and saves the final models in ``OUT``.
+that trains every case of :data:`CASES` and saves the final models in ``OUT``; with ``--die``
+it is one rank of the launcher whose rank ``r`` exits or hangs at a given step.
 """
 
 import os
@@ -55,9 +58,15 @@ SETTINGS = {
     "gaussian": '[attack]\nname = "gaussian"\nparams = {sigma = 1.0}\n',
     # a NaN attacker and a NaN fault: 2 > f non-finite rows, every step is skipped on every rank
     "nan-attack-and-fault": '[attack]\nname = "nan"\n\n[[faults]]\nname = "nonfinite"\nparams = {workers = [2]}\n',
+    # attacks built on coordinate shards: the honest row chosen from the summed centred Gram
+    # matrix; the factor line-searched against the rule run on the shards
+    "mimic": '[attack]\nname = "mimic"\nparams = {index = "max-variance"}\n',
+    "mimic-index": '[attack]\nname = "mimic"\nparams = {index = 4}\n',
+    "alie-opt": '[attack]\nname = "alie-opt"\n',
+    "foe-opt": '[attack]\nname = "foe-opt"\n',
 }
 CASES = {f"{s}-{r}": BASE + SETTINGS[s] + "\n" + RULES[r] for s in SETTINGS for r in RULES
-         if s in ("none", "nan-fault", "alie") or r == "krum"}
+         if s in ("none", "nan-fault", "alie", "mimic", "alie-opt") or r == "krum"}
 
 COUNTS = ("rows", "skipped", "skipped_nonfinite")  # history columns that must agree exactly
 
@@ -97,11 +106,17 @@ def test_two_ranks_reach_the_in_process_model(two_ranks, case):
     ref = in_process(CASES[case])
     assert got["t"] == ref.t
     assert got["ranks_agree"], "the ranks' models differ"
+    assert got["writes_run_dir"] == [True, False]  # rank 1 leaves rank 0's files alone
     assert torch.allclose(got["x"], ref.x, rtol=0, atol=ATOL), (got["x"] - ref.x).abs().max()
     assert got["counts"] == [{k: r.get(k) for k in COUNTS} for r in ref.history]
     assert got["loss"] == pytest.approx(ref.history.column("loss"), rel=1e-5)
-    if "alie" in case:
+    if "alie" in case and "opt" not in case or "mimic" in case:
         assert got["attack_last"] == ref.attack.last
+    if "opt" in case:  # the same factor from the same candidates; the damage up to summation order
+        last, ref_last = got["attack_last"], ref.attack.last
+        assert (last["factor"], last["evaluations"]) == (ref_last["factor"], ref_last["evaluations"])
+        assert [z for z, _ in last["trace"]] == [z for z, _ in ref_last["trace"]]
+        assert [v for _, v in last["trace"]] == pytest.approx([v for _, v in ref_last["trace"]], rel=1e-5)
 
 
 def test_cli_topology_allreduce_writes_the_results(tmp_path):
@@ -142,9 +157,76 @@ def test_killed_and_resumed_run_matches_in_process(tmp_path):
     assert torch.allclose(state["trainer"]["worker_momentum"], ref.worker_momentum, rtol=0, atol=ATOL)
 
 
+@pytest.mark.parametrize("writes", [True, False])
+def test_only_the_writing_rank_removes_stale_temporaries(tmp_path, writes):
+    """A rank that does not write the run directory must not delete what the writer has in
+    flight (rank 1 once removed rank 0's ``config.toml`` temporary mid-write)."""
+    from robustagg.train import ParameterServer, TrainConfig
+
+    ps = ParameterServer(TrainConfig.from_toml_string(BASE + RULES["krum"], [f"run.out_dir='{tmp_path}'",
+                                                                          "run.checkpoint_every=0"]))
+    ps.writes_run_dir = writes
+    ps.run_dir.mkdir(parents=True)
+    temporary = ps.run_dir / ".config.toml.abc123.tmp"
+    temporary.write_text("in flight")
+    ps.run(0, write=False)
+    assert temporary.exists() is not writes
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.filterwarnings("ignore:step .* the step is skipped:RuntimeWarning")
+@pytest.mark.parametrize("rank, how", [(1, "exit"), (1, "hang"), (0, "exit")])
+def test_a_rank_that_dies_stops_the_others_within_the_timeout_and_resume_continues(tmp_path, rank, how):
+    """Rank ``rank`` exits (or hangs) at the start of step 4, after the checkpoint of step 2:
+    the surviving rank exits with status 1 and one line naming the timeout and the checkpoint
+    within about ``--timeout`` seconds, and ``--resume`` reaches the uninterrupted model."""
+    import time
+
+    text = CASES["sign-flip-partial-krum"].replace("lr = 0.3", 'lr = 0.3\nmomentum = 0.9\nmomentum_at = "worker"')
+    config = tmp_path / "topo.toml"
+    config.write_text(text)
+    common = ("-m", "robustagg.train.distributed", str(config), "--out", str(tmp_path), "--no-progress",
+              "--timeout", "5", "--topology", "allreduce", "--set", "run.checkpoint_every=2")
+    port, procs = str(_free_port()), []
+    for r in range(2):
+        env = dict(_env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        procs.append(subprocess.Popen([sys.executable, str(Path(__file__)), "--die", str(rank), "3", how, *common[2:]],
+                                      env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    survivor = procs[1 - rank]
+    start = time.monotonic()
+    try:
+        out, err = survivor.communicate(timeout=TIMEOUT)
+        waited = time.monotonic() - start
+    finally:
+        for p in procs:
+            p.kill()
+            p.communicate()
+    assert procs[rank].returncode == (3 if how == "exit" else -9)
+    assert survivor.returncode == 1, err[-3000:]
+    assert waited < 5 + 40  # start-up and three steps, plus at most --timeout; the default would be 600 s
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err, err[-3000:]
+    assert last.startswith(f"robustagg.train.distributed: error: rank {1 - rank} stopped in step 4: "), last
+    assert "--timeout 5 s" in last and "--resume to continue from the checkpoint of step 2" in last, last
+    from robustagg.train import checkpoint
+
+    assert checkpoint.load(tmp_path / "topo" / "checkpoint.pt")["t"] == 2
+    done = _torchrun(*common, "--resume")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    state = checkpoint.load(tmp_path / "topo" / "checkpoint.pt")
+    ref = in_process(text)
+    assert state["t"] == 6
+    assert torch.allclose(state["trainer"]["x"], ref.x, rtol=0, atol=ATOL), (state["trainer"]["x"] - ref.x).abs().max()
+
+
 @pytest.mark.parametrize("attack, why", [
-    ('name = "mimic"', "'mimic'"),
-    ('name = "alie-opt"', "'alie-opt'"),
     ('name = "reverse"\nparams = {per_worker = true}', "'reverse'"),
 ])
 def test_unsupported_attacks_are_refused_in_one_line(tmp_path, capsys, attack, why):
@@ -156,6 +238,21 @@ def test_unsupported_attacks_are_refused_in_one_line(tmp_path, capsys, attack, w
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and why in err and "--topology allreduce" in err, err
     assert not (tmp_path / "topo").exists()
+
+
+def test_attack_objects_outside_the_supported_list_are_refused():
+    from robustagg.attacks.classic import Mimic
+    from robustagg.attacks.gradient_label_flip import GradientLabelFlip
+    from robustagg.train.allreduce import check_topology
+
+    class Custom(Mimic):  # a subclass may look at the rows in any way: not assumed shardable
+        pass
+
+    check_topology(Mimic(), "sgd")
+    flip = GradientLabelFlip(torch.nn.Linear(2, 2), torch.zeros(1, 2), torch.zeros(1, dtype=torch.long), 2)
+    for attack in (Custom(), flip):
+        with pytest.raises(ValueError, match="needs every honest update in one place"):
+            check_topology(attack, "sgd")
 
 
 def test_afa_cs_and_no_server_compute_are_refused(tmp_path, capsys):
@@ -203,14 +300,40 @@ def _rank_main(out: Path) -> None:
             trainer.run()
             xs = [torch.empty_like(trainer.x) for _ in range(trainer.world)]
             dist.all_gather(xs, trainer.x)
+            writes = [None] * trainer.world
+            dist.all_gather_object(writes, trainer.writes_run_dir)
             if trainer.rank == 0:
                 torch.save({"x": trainer.x, "t": trainer.t, "ranks_agree": all(torch.equal(x, xs[0]) for x in xs),
                             "counts": [{k: r.get(k) for k in COUNTS} for r in trainer.history],
                             "loss": trainer.history.column("loss"),
-                            "attack_last": getattr(trainer.attack, "last", None)}, out / f"{case}.pt")
+                            "attack_last": getattr(trainer.attack, "last", None),
+                            "writes_run_dir": writes}, out / f"{case}.pt")
     finally:
         dist.destroy_process_group()
 
 
+def _die_main(rank: int, t: int, how: str, argv) -> int:
+    """The launcher's ``main(argv)``, with rank ``rank`` exiting (status 3) or hanging when
+    it starts step ``t + 1``."""
+    import time
+
+    from robustagg.train import allreduce
+    from robustagg.train.distributed import main
+
+    step = allreduce.AllReduceTrainer.step
+
+    def dying(self):
+        if self.rank == rank and self.t == t:
+            if how == "exit":
+                os._exit(3)
+            time.sleep(3600)
+        return step(self)
+
+    allreduce.AllReduceTrainer.step = dying
+    return main(argv)
+
+
 if __name__ == "__main__":
+    if sys.argv[1] == "--die":
+        sys.exit(_die_main(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5:]))
     _rank_main(Path(sys.argv[1]))

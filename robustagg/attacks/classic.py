@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from statistics import NormalDist
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import torch
 
@@ -248,10 +248,18 @@ class Mimic(Attack):
             self.index = check_int(index, "index", minimum=0)
 
     def _attack(self, H, f, aggregator, generator):
+        return repeat_rows(H[self.choose(H)], f)
+
+    def choose(self, H: torch.Tensor, total: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> int:
+        """:math:`i^*` for the honest rows ``H`` (sets ``last``). When ``H`` holds one shard of
+        the coordinates (:mod:`robustagg.train.allreduce`), ``total`` sums the partial centred
+        Gram matrix over every shard, so every shard chooses the same row."""
         h = H.shape[0]
         if self.index == "max-variance":
             C = H - H.mean(dim=0)
             K = (C @ C.T).to(torch.float64)
+            if total is not None:
+                K = total(K)
             _, vecs = torch.linalg.eigh(K)
             i = int(torch.argmax(vecs[:, -1].abs()))  # projections on the top direction are sqrt(lambda) * u
         else:
@@ -259,7 +267,7 @@ class Mimic(Attack):
                 raise ValueError(f"mimic index={self.index} but only h={h} honest updates were given")
             i = self.index
         self.last = {"index": i}
-        return repeat_rows(H[i], f)
+        return i
 
 
 @register("zero")

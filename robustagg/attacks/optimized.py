@@ -49,9 +49,19 @@ from robustagg.attacks.classic import alie_z
 _INVPHI = (math.sqrt(5.0) - 1.0) / 2.0
 
 
-def evaluate_rule(aggregator: Any, X: torch.Tensor) -> torch.Tensor:
-    """Run ``aggregator`` on ``X`` without changing its state (it runs on a deep copy)."""
+def evaluate_rule(aggregator: Any, X: torch.Tensor, shards: Any = None) -> torch.Tensor:
+    """Run ``aggregator`` on ``X`` without changing its state (it runs on a deep copy).
+
+    ``shards``: when ``X`` holds one shard of the coordinates, the
+    :class:`~robustagg.collective.ShardComm` that completes the copy's statistics over every
+    shard (as inside :func:`~robustagg.collective.robust_all_reduce`); the output is that shard's.
+    """
     rule = copy.deepcopy(aggregator)
+    if shards is not None:
+        from robustagg.collective.allreduce import _leaves
+
+        for part in _leaves(rule):
+            part._shards = shards
     out = rule.aggregate(X) if hasattr(rule, "aggregate") else rule(X)
     if not isinstance(out, torch.Tensor):
         out = torch.as_tensor(out)
@@ -129,13 +139,25 @@ class LineSearchAttack(Attack):
         raise NotImplementedError
 
     def _attack(self, H, f, aggregator, generator):
+        return self.search(H, f, lambda X: evaluate_rule(aggregator, X))
+
+    def search(self, H: torch.Tensor, f: int, evaluate: Callable[[torch.Tensor], torch.Tensor],
+               total: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+        """The ``(f, d)`` rows of the best factor, with ``evaluate(X)`` the rule's output on ``X``;
+        sets ``last``.
+
+        When ``H`` holds one shard of the coordinates (the ``allreduce`` topology of the trainer,
+        :mod:`robustagg.train.allreduce`), ``evaluate`` runs the rule on that shard and ``total``
+        sums a float64 tensor over every shard: the damage is then the norm over all
+        coordinates, and every shard picks the same factor (every family here is coordinate-wise).
+        """
         mean = H.mean(dim=0)
         self._stats = {}
 
         def damage(factor: float) -> float:
             X = torch.cat([H, repeat_rows(self._vector(H, mean, factor), f)])
-            out = evaluate_rule(aggregator, X)
-            value = float(torch.linalg.vector_norm((out - mean).to(torch.float64)))
+            norm = torch.linalg.vector_norm((evaluate(X) - mean).to(torch.float64))
+            value = float(norm) if total is None else math.sqrt(float(total(norm.reshape(1) ** 2)[0]))
             return value if math.isfinite(value) else math.inf
 
         z, best, trace = line_search(damage, self.bounds, self.grid, self.refine, self._default(H, f))

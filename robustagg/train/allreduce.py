@@ -10,8 +10,9 @@ that compute are split over the ranks as in the parameter-server mode
 ``[attack]`` live on the last rank. One step ``t`` on every rank::
 
     plan(t); compute the own workers' updates        (as the parameter server)
-    all_reduce [loss sum, loss count, honest count, honest sum (d)]
+    all_reduce [loss sum, loss count, honest count, honest sum (d, mean attacks only)]
     (ALIE only) all_reduce of the honest squared deviations (d)
+    (mimic, *-opt) robust_all_reduce(own honest rows, ShardedAttack): the Byzantine rows
     last rank: the Byzantine rows from the honest mean (and standard deviation)
     faults on the own workers' rows
     all_reduce [rows, non-finite rows]
@@ -22,10 +23,18 @@ that compute are split over the ranks as in the parameter-server mode
 that depend on the honest rows only through their mean (``sign-flip``, ``reverse`` without
 ``per_worker``, ``ipm``, ``foe``, ``gaussian``) or not at all (``random``, ``zero``, ``inf``,
 ``nan``) are the attack itself called on the one-row matrix ``[mean]``; ``alie`` also needs the
-per-coordinate standard deviation, from a second all-reduce. Every other attack (``mimic``,
-the ``*-opt`` line searches, ``reverse`` with ``per_worker``, custom attack objects) is refused
-with a one-line error. Data poisoning (``[poisoning]``) needs nothing: the poisoned workers
-compute their own updates.
+per-coordinate standard deviation, from a second all-reduce. ``mimic`` and the ``*-opt`` line
+searches run on coordinate shards of the honest rows (:class:`ShardedAttack`): one
+``all_to_all`` gives each rank every honest row on its shard, the statistics that span all
+coordinates (mimic's centred Gram matrix, each candidate's damage norm and the rule's own
+statistics) are all-reduced, so every rank takes the in-process decision, and one
+``all_gather`` assembles the Byzantine rows. ``reverse`` with ``per_worker`` and attack
+objects of other types are refused with a one-line error. Data poisoning (``[poisoning]``)
+needs nothing: the poisoned workers compute their own updates.
+
+**Failures.** Every collective waits at most ``timeout`` seconds; a rank that died or hangs
+makes the others raise :class:`~robustagg.collective.CollectiveError`, which the launcher
+prints as one line naming the timeout and the checkpoint ``--resume`` continues from.
 
 **Summation order.** The honest mean is a float64 sum over ranks instead of ``H.mean(0)``
 in one process, the honest loss likewise, and the rule's Gram matrix or norms are sums of
@@ -43,8 +52,10 @@ import torch
 import torch.distributed as dist
 
 from robustagg.aggregators import ops
-from robustagg.attacks import classic
-from robustagg.collective import ShardComm, robust_all_reduce
+from robustagg.aggregators.base import Aggregator
+from robustagg.attacks import classic, optimized
+from robustagg.attacks.base import repeat_rows
+from robustagg.collective import CollectiveError, ShardComm, robust_all_reduce
 from robustagg.train.base import StepResult
 from robustagg.train.components import derive_seed
 from robustagg.train.results import History
@@ -54,7 +65,10 @@ from robustagg.train.worker import assign_workers
 #: attacks computed from the honest mean alone: ``attack([mean], f)`` is ``attack(H, f)``
 MEAN_ONLY = (classic.SignFlip, classic.IPM, classic.FOE, classic.Gaussian, classic.Random,
              classic.Zero, classic.Inf, classic.NaN, classic.Reverse)
-SUPPORTED = ("sign-flip", "reverse", "ipm", "foe", "alie", "gaussian", "random", "zero", "inf", "nan")
+#: attacks built on coordinate shards of the honest rows (:class:`ShardedAttack`)
+SHARDED = (classic.Mimic, optimized.ALIEOpt, optimized.FOEOpt, optimized.IPMOpt)
+SUPPORTED = ("sign-flip", "reverse", "ipm", "foe", "alie", "gaussian", "random", "zero", "inf", "nan",
+             "mimic", "alie-opt", "foe-opt", "ipm-opt")
 
 
 def check_topology(attack: Any, mode: str) -> None:
@@ -66,7 +80,7 @@ def check_topology(attack: Any, mode: str) -> None:
     if attack is None:
         return
     name = getattr(attack, "name", "") or type(attack).__name__
-    ok = type(attack) in MEAN_ONLY + (classic.ALIE,) and not getattr(attack, "per_worker", False)
+    ok = type(attack) in MEAN_ONLY + (classic.ALIE,) + SHARDED and not getattr(attack, "per_worker", False)
     if not ok:
         raise ValueError(f"--topology allreduce: attack {name!r} needs every honest update in one place; "
                          f"supported: {', '.join(SUPPORTED)} (or use --topology ps)")
@@ -82,6 +96,30 @@ def byzantine_rows(attack: Any, mean: torch.Tensor, std: Optional[torch.Tensor],
         row = mean + z * std if h > 1 else mean.clone()
         return row.unsqueeze(0).repeat(f, 1)
     return attack(mean.unsqueeze(0), f, aggregator=aggregator, generator=generator)
+
+
+class ShardedAttack(Aggregator):
+    r"""A :data:`SHARDED` attack as a "rule" for :func:`robust_all_reduce` over the honest rows:
+    every rank passes its honest rows and gets the ``(f, d)`` Byzantine rows.
+
+    On coordinate shard :math:`S` it sees every honest row's values :math:`H_{:,S}`. ``mimic``
+    chooses :math:`i^*` from the centred Gram matrix :math:`K = \sum_S C_{:,S} C_{:,S}^	op`
+    (one all-reduce of ``h x h`` values) and returns :math:`H_{i^*,S}`; the ``*-opt`` attacks
+    evaluate ``rule`` on :math:`[H_{:,S}; b_S(\lambda)]` for each candidate factor (the rule's own
+    statistics summed over shards) and the damage
+    :math:`\|A - ar x\| = (\sum_S \|A_S - ar x_S\|^2)^{1/2}` (one all-reduce of one value).
+    """
+
+    def __init__(self, attack: Any, f: int, rule: Aggregator) -> None:
+        super().__init__(f)
+        self.attack, self.rule = attack, rule
+
+    def aggregate(self, X: torch.Tensor, *, spent: int = 0) -> torch.Tensor:
+        comm = self._shards
+        total = None if comm is None else comm.sum
+        if isinstance(self.attack, classic.Mimic):
+            return repeat_rows(X[self.attack.choose(X, total)], self.f)
+        return self.attack.search(X, self.f, lambda Y: optimized.evaluate_rule(self.rule, Y, comm), total)
 
 
 class AllReduceTrainer(ParameterServer):
@@ -113,6 +151,7 @@ class AllReduceTrainer(ParameterServer):
         super().__init__(config, **kwargs)
         check_topology(self.attack, self.mode)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.writes_run_dir = self.rank == 0  # another rank must not delete rank 0's temporary files
         computing = [w for w in range(self.n) if self.loaders[w] is not None]
         self.blocks = assign_workers(computing, self.world)
         self.mine = self.blocks[self.rank]
@@ -129,6 +168,8 @@ class AllReduceTrainer(ParameterServer):
         self._mean: Optional[torch.Tensor] = None
         self._h = 0
         self._rows = 0
+        #: the step of the last checkpoint written or read (``None``: none yet), for error messages
+        self.checkpoint_step: Optional[int] = None
 
     def _sum(self, values: torch.Tensor) -> torch.Tensor:
         """The float64 sum over ranks (a rank that does not answer within the timeout raises
@@ -150,7 +191,7 @@ class AllReduceTrainer(ParameterServer):
                     losses.append(torch.as_tensor(loss, dtype=torch.float64))
         honest = [updates[w] for w in sorted(updates) if w < self.h]
         head = torch.tensor([float(sum(losses)) if losses else 0.0, len(losses), len(honest)], dtype=torch.float64)
-        need = self.attack is not None and bool(self.attackers)
+        need = self.attack is not None and bool(self.attackers) and not isinstance(self.attack, SHARDED)
         if need:
             d = self.flat.dim
             partial = torch.zeros(d, dtype=torch.float64, device=self.device)
@@ -170,8 +211,15 @@ class AllReduceTrainer(ParameterServer):
         return {w: self.U[w] for w in updates}
 
     def _attack(self, t: int, rows: Dict[int, torch.Tensor]) -> None:
-        """The Byzantine rows (on the last rank) from the honest mean and, for ALIE, std."""
-        if self._mean is None:
+        """The Byzantine rows (on the last rank) from the honest mean and, for ALIE, std, or
+        for a :data:`SHARDED` attack through :class:`ShardedAttack`."""
+        if self.attack is None or not self.attackers or self._h == 0:
+            return
+        if isinstance(self.attack, SHARDED):
+            honest = [rows[w] for w in sorted(rows) if w < self.h]
+            H = torch.stack(honest) if honest else self.x.new_empty((0, self.flat.dim))
+            B = robust_all_reduce(H, ShardedAttack(self.attack, len(self.attackers), self.rule), timeout=self.timeout)
+            self._place(rows, B)
             return
         std = None
         if isinstance(self.attack, classic.ALIE) and self._h > 1:
@@ -185,6 +233,10 @@ class AllReduceTrainer(ParameterServer):
         gen = torch.Generator(device=self.device).manual_seed(derive_seed(self.seed, "attack", t))
         B = byzantine_rows(self.attack, mean, None if std is None else std.to(dtype), self._h,
                            len(self.attackers), self.rule, gen)  # on every rank: attack.last agrees
+        self._place(rows, B)
+
+    def _place(self, rows: Dict[int, torch.Tensor], B: torch.Tensor) -> None:
+        """The Byzantine rows ``B`` into the last rank's buffers (and ``rows``)."""
         if self.rank != self.world - 1:
             return
         for j, b in enumerate(self.attackers):
@@ -246,8 +298,14 @@ class AllReduceTrainer(ParameterServer):
                 "momentum": {} if self.worker_momentum is None else
                 {w: self.worker_momentum[w].cpu() for w in self.mine}}
         everything: List[Any] = [None] * self.world
-        dist.all_gather_object(everything, mine)
+        try:  # a plain collective: it waits for the process group's timeout (the launcher's --timeout)
+            dist.all_gather_object(everything, mine)
+        except RuntimeError as exc:
+            raise CollectiveError(f"rank {self.rank} lost contact with the group while collecting the checkpoint "
+                                  f"of step {self.t}: a rank died or hangs ({type(exc).__name__}: "
+                                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
         if self.rank != 0:
+            self.checkpoint_step = self.t
             return path if path is not None else self.checkpoint_path
         self._momenta = {}
         for state in everything:
@@ -255,9 +313,11 @@ class AllReduceTrainer(ParameterServer):
                 self.loaders[w].load_state_dict(sub)
             self._momenta.update(state["momentum"])
         try:
-            return super().save_checkpoint(path)
+            written = super().save_checkpoint(path)
         finally:
             self._momenta = {}
+        self.checkpoint_step = self.t
+        return written
 
     def _state(self) -> Dict[str, Any]:
         state = super()._state()
@@ -271,6 +331,7 @@ class AllReduceTrainer(ParameterServer):
     def _load_state(self, state: Dict[str, Any]) -> None:
         momentum = self.worker_momentum
         super()._load_state(state)
+        self.checkpoint_step = self.t
         if momentum is not None:
             full = state["worker_momentum"]
             self.worker_momentum = {w: full[w].to(self.device).clone() for w in self.mine}

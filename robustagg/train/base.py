@@ -86,6 +86,9 @@ class Trainer:
     """
 
     kind = ""
+    #: whether this process writes the run directory (several processes of one run share it,
+    #: and only the writer may delete what a killed write left there)
+    writes_run_dir = True
 
     def __init__(self, config: Any, *, dataset: Any = None) -> None:
         self.config: TrainConfig = load_config(config)
@@ -186,7 +189,7 @@ class Trainer:
         """
         cfg = self.config
         total = cfg.run.steps if steps is None else int(steps)
-        if self.run_dir is not None:
+        if self.run_dir is not None and self.writes_run_dir:
             remove_stale_temporaries(self.run_dir)  # left by a killed write
         path = self.checkpoint_path
         if resume and path is not None and (path.exists() or ckpt.previous_path(path).exists()):

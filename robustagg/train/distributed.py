@@ -48,6 +48,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 import torch.distributed as dist
 
+from robustagg.collective import CollectiveError
 from robustagg.train.base import StepResult
 from robustagg.train.components import check_device
 from robustagg.train.results import History
@@ -318,6 +319,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
         os.environ.update(RANK="0", WORLD_SIZE="1")
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=args.timeout))
+    trainer = None
     try:
         if args.topology == "allreduce":
             from robustagg.train.allreduce import AllReduceTrainer
@@ -332,8 +334,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return cli.train(trainer, args)
         trainer.run(args.steps, resume=args.resume)
         return 0
+    except CollectiveError as exc:  # another rank died or hangs: one line, not a traceback
+        print(f"robustagg.train.distributed: error: {lost_contact(exc, rank, trainer, args.timeout)}", file=sys.stderr)
+        return 1
     finally:
         dist.destroy_process_group()
+
+
+def lost_contact(exc: BaseException, rank: int, trainer: Any, timeout: float) -> str:
+    """The one-line message of a rank whose collective failed (``exc``): where it stopped, the
+    timeout, and the checkpoint a ``--resume`` continues from."""
+    where = "" if trainer is None else f" in step {trainer.t + 1}"
+    last = getattr(trainer, "checkpoint_step", None)
+    resume = ("no checkpoint was written yet" if last is None else
+              f"launch again with --resume to continue from the checkpoint of step {last}")
+    return (f"rank {rank} stopped{where}: another rank died or did not answer within --timeout {timeout:g} s; "
+            f"{resume} ({exc})")
 
 
 def check_backend(backend: str, device: str) -> None:
