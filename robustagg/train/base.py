@@ -13,7 +13,8 @@ import torch
 
 from robustagg._io import remove_stale_temporaries
 from robustagg.train import checkpoint as ckpt
-from robustagg.train.components import check_device, load_dataset, model_factory, partition
+from robustagg.train.components import load_dataset, model_factory, partition
+from robustagg.train.validation import check_device
 from robustagg.train.config import TrainConfig, load_config
 from robustagg.train.flat import FlatModel
 from robustagg.train.optim import learning_rate, resolve_schedule

@@ -16,7 +16,7 @@ Every section and key is documented in ``docs/training.md``. Reading checks, in 
 * names and parameters of datasets, models, partitions, attacks, poisoning, faults,
   participation components and rules are checked against their registries, and an ``f``
   too large for the chosen rule raises ``ValueError`` (``rule.min_inputs()``), all before
-  any data is loaded (:func:`robustagg.train.components.validate`).
+  any data is loaded (:func:`robustagg.train.validation.validate`).
 
 Checking builds the run's components (rule, attack, poisoner, faults, participation, mixing
 rule) once; the trainer built from the configuration takes them (:meth:`TrainConfig.components`)
@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 from robustagg import _toml
-from robustagg.train import components as _components
+from robustagg.train import validation as _validation
 
 Params = Dict[str, Any]
 
@@ -154,18 +154,18 @@ class TrainConfig:
         cfg = _build(cls, data, "")
         cfg._normalise()
         if validate:
-            cfg.__dict__["_built"] = _components.validate(cfg)
+            cfg.__dict__["_built"] = _validation.validate(cfg)
         return cfg
 
-    def components(self) -> "_components.Components":
+    def components(self) -> "_validation.Components":
         """The run's components (rule, attack, poisoner, faults, participation, mixing rule).
 
-        The first call returns those :func:`~robustagg.train.components.validate` built when
+        The first call returns those :func:`~robustagg.train.validation.validate` built when
         the configuration was read; every later call builds fresh ones, so two trainers built
         from one configuration never share a stateful rule or fault.
         """
         built = self.__dict__.pop("_built", None)
-        return built if built is not None else _components.validate(self)
+        return built if built is not None else _validation.validate(self)
 
     @classmethod
     def from_toml(cls, path: Union[str, os.PathLike], overrides: Sequence[str] = ()) -> "TrainConfig":

@@ -50,7 +50,7 @@ import torch.distributed as dist
 
 from robustagg.collective import CollectiveError
 from robustagg.train.base import StepResult
-from robustagg.train.components import check_device
+from robustagg.train.validation import check_device
 from robustagg.train.results import History
 from robustagg.train.server import ParameterServer
 from robustagg.train.worker import assign_workers  # noqa: F401  (its home before the allreduce topology)
