@@ -21,6 +21,12 @@ import torch.distributed as dist
 import robustagg as ra
 from robustagg.collective import CollectiveError, RobustHookState, robust_all_reduce, robust_hook, robust_step
 
+
+def _reference(d: int) -> torch.Tensor:
+    """FLTrust's server gradient in the cases: a fixed direction of ``d`` entries."""
+    return torch.linspace(-1.0, 2.0, d)
+
+
 # name -> (list of (registry name, params) stages, rows per rank, d, rows made NaN/Inf)
 CASES = {
     "mean": ([("mean", {"f": 1})], "uneven", 10, ()),
@@ -56,11 +62,22 @@ CASES = {
     "caf": ([("caf", {"f": 1})], "uneven", 10, ()),
     "clipped-clustering": ([("clipped-clustering", {"f": 1})], "uneven", 10, ()),
     "monna": ([("monna", {"f": 1})], "uneven", 10, ()),
+    # the server's reference (every rank passes the whole of it), and the median fallback
+    "fltrust": ([("fltrust", {"f": 1, "reference": _reference(10)})], "uneven", 10, ()),
+    "fltrust-median": ([("fltrust", {"f": 1})], "uneven", 10, ()),
+    "fltrust-d2": ([("fltrust", {"f": 1, "reference": _reference(2)})], "uneven", 2, ()),
+    "nnm>fltrust": ([("nnm", {"f": 1}), ("fltrust", {"f": 1, "reference": _reference(10)})], "uneven", 10, ()),
+    # a subsample of 6 of the 10 coordinates: the drawn ones fall unevenly on the shards
+    "dnc": ([("dnc", {"f": 1, "sub_dim": 6, "niters": 3, "seed": 2})], "uneven", 10, ()),
+    "dnc-all": ([("dnc", {"f": 1})], "uneven", 10, ()),
+    "dnc-d2": ([("dnc", {"f": 1, "sub_dim": 1})], "uneven", 2, ()),
 }
 # non-finite rows (a NaN row, an Inf row, a row of 1e20 whose squared norm overflows in float32)
 for _name in ("mean", "median", "trimmed-mean", "meamed", "krum", "multi-krum", "bulyan", "geometric-median",
               "centered-clipping", "flag", "nnm", "bucketing", "clipping", "arc"):
     CASES[f"nan:{_name}"] = ([(_name, {**CASES[_name][0][0][1], "f": 3})], "nan", 9, (1, 5, 9))
+CASES["nan:fltrust"] = ([("fltrust", {"f": 3, "reference": _reference(9)})], "nan", 9, (1, 5, 9))
+CASES["nan:dnc"] = ([("dnc", {"f": 3, "sub_dim": 5, "niters": 2})], "nan", 9, (1, 5, 9))
 CASES["nan:nnm>krum"] = ([("nnm", {"f": 3}), ("krum", {"f": 3})], "nan", 9, (1, 5, 9))
 ROUNDS = 2
 
@@ -95,7 +112,8 @@ def build(case: str):
 
 
 #: the cases the larger world size runs (the tests' time budget)
-SOME = ("krum", "median", "flag", "clip>nnm>cc", "krum-d2", "nan:bulyan", "nan:centered-clipping")
+SOME = ("krum", "median", "flag", "clip>nnm>cc", "krum-d2", "nan:bulyan", "nan:centered-clipping", "fltrust", "dnc",
+        "nan:dnc")
 
 
 def run_cases(rank: int, world: int, names=tuple(CASES)):
