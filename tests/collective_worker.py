@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -218,15 +219,50 @@ def run_hang(rank: int, world: int):
         return {"error": str(exc), "seconds": time.perf_counter() - start}
 
 
+def run_memory(rank: int, world: int):
+    """The peak resident set during robust_all_reduce (one row of d floats per rank) minus the
+    resident set before it, in units of d floats; the largest of 3 calls after a warm-up. Run
+    with large blocks allocated by mmap (MALLOC_MMAP_THRESHOLD_), so that freed memory leaves
+    the resident set."""
+    d = 1 << 22
+    x = torch.randn(d, generator=torch.Generator().manual_seed(rank))
+    peaks = {}
+    for name in ("mean", "median", "geometric-median", "nnm>mean"):
+        rule = build_stages(name)
+        robust_all_reduce(x, rule)  # warm-up
+        peak = 0.0
+        for _ in range(3):
+            dist.barrier()
+            before = _status("VmRSS")
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # resets the peak (VmHWM) to the current resident set
+            y = robust_all_reduce(x, rule)
+            peak = max(peak, (_status("VmHWM") - before) / (4 * d))
+            del y
+        peaks[name] = peak
+    return peaks
+
+
+def build_stages(spec: str):
+    stages = [ra.get(name, f=0) for name in spec.split(">")]
+    return stages[0] if len(stages) == 1 else ra.pipeline(*stages)
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(field + ":"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def launch(world: int, phases: str, tmp: Path, timeout: float = 150):
-    """Run the worker in ``world`` processes; return each rank's saved results."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
+def launch(world: int, phases: str, tmp: Path, timeout: float = 150, env: Optional[dict] = None):
+    """Run the worker in ``world`` processes (``env``: added environment variables); return each
+    rank's saved results."""
+    env = dict(os.environ, **(env or {}), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
                PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(tmp), phases],
@@ -251,7 +287,7 @@ def main() -> None:
     results = {}
     for phase in phases:
         results[phase] = {"cases": run_cases, "some": lambda r, w: run_cases(r, w, SOME), "hooks": run_hooks,
-                           "nanrank": run_nan_rank, "mismatch": run_mismatch, "hang": run_hang}[phase](rank, world)
+                           "nanrank": run_nan_rank, "memory": run_memory, "mismatch": run_mismatch, "hang": run_hang}[phase](rank, world)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     if "hang" in phases:
         os._exit(0)  # the group is broken: skip the shutdown handshake
