@@ -39,6 +39,29 @@ def _centred(G: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return G - Gp[:, None] - Gp[None, :] + p @ Gp
 
 
+def draw_columns(d: int, b: int, generator: torch.Generator) -> torch.Tensor:
+    """``min(b, d)`` distinct coordinates of ``range(d)`` drawn uniformly at random, sorted.
+
+    ``b >= d``: all of them (no draw). ``b > d / 2``: the first ``b`` of a random permutation.
+    Otherwise ``O(b log b)`` time and memory, not ``O(d)``: the first ``b`` distinct values of
+    a sequence of uniform draws (with replacement), extended until it holds ``b`` of them; by
+    symmetry every ``b``-subset is equally likely."""
+    if b >= d:
+        return torch.arange(d)
+    if 2 * b > d:
+        return torch.randperm(d, generator=generator)[:b].sort().values
+    draws = torch.empty(0, dtype=torch.long)
+    while True:
+        draws = torch.cat([draws, torch.randint(d, (2 * b + 8,), generator=generator)])
+        order = torch.argsort(draws, stable=True)
+        ranked = draws[order]
+        new = torch.ones_like(ranked, dtype=torch.bool)
+        new[1:] = ranked[1:] != ranked[:-1]
+        first = order[new].sort().values  # where each distinct value first appears
+        if first.numel() >= b:
+            return draws[first[:b]].sort().values
+
+
 @register("caf", "covariance-bound-agnostic-filter")
 class CAF(Aggregator):
     r"""Covariance-bound agnostic filter: down-weight inputs along the top principal direction.
@@ -98,7 +121,7 @@ class DnC(SeededGenerator, Aggregator):
     subsets, average the inputs no round filtered.
 
     For each of ``niters`` rounds, draw ``b = min(sub_dim, d)`` coordinates ``r`` without
-    replacement, centre the sub-vectors :math:`x_{i,r}` at their mean :math:`\mu_r`, take the top
+    replacement (:func:`draw_columns`: ``O(b)`` work, not ``O(d)``, for ``b <= d / 2``), centre the sub-vectors :math:`x_{i,r}` at their mean :math:`\mu_r`, take the top
     right singular vector :math:`v` and the scores :math:`s_i = ((x_{i,r} - \mu_r)^\top v)^2`;
     keep the :math:`n - \lfloor c f \rfloor` inputs of smallest score (``c = filter_frac``). The
     output is the mean of the inputs kept in every round. If no input survives all rounds
@@ -144,7 +167,7 @@ class DnC(SeededGenerator, Aggregator):
         b = min(self.sub_dim, total)
         grams = torch.empty((self.niters, n, n), dtype=torch.float64, device=X.device)
         for i in range(self.niters):
-            cols = torch.randperm(total, generator=self._generator)[:b].sort().values
+            cols = draw_columns(total, b, self._generator)
             if d != total:  # this shard's columns [offset, offset + d) among the drawn ones
                 lo, hi = torch.searchsorted(cols, torch.tensor([offset, offset + d])).tolist()
                 cols = cols[lo:hi] - offset

@@ -16,7 +16,9 @@ Rank ``r`` owns coordinate shard ``r`` (``d`` split into ``w`` near-equal slices
    floats), the Gram matrix (``n x n``) or the norms (``n``), and, for centered clipping,
    ``n`` distances per iteration. Every rank then takes the same decision with the rule's
    own decision code and applies it to its block;
-4. one ``all_gather`` returns the whole aggregate to every rank.
+4. the received block is freed and one all-gather returns the whole aggregate to every rank
+   (NCCL: ``all_gather_into_tensor``, in place; gloo, whose all-gather stages its output in a
+   buffer of its own: each rank broadcasts its shard into its slice of the result).
 
 Bytes sent per rank: about ``2 d (w - 1) / w`` values plus ``n^2`` for Gram rules, as a ring
 all-reduce of ``d`` values. See docs/collective.md.
