@@ -40,6 +40,8 @@ CASES = {
     "geometric-median": ([("geometric-median", {"f": 1})], "uneven", 10, ()),
     "centered-clipping": ([("centered-clipping", {"f": 1, "tau": 0.5, "iters": 3})], "uneven", 10, ()),
     "flag": ([("flag", {"f": 1})], "uneven", 10, ()),
+    # shards past the first block of the random init: round 2 starts from the kept generator states
+    "flag-long": ([("flag", {"f": 1})], "uneven", 3 * 32768 + 5, ()),
     "flag-data-lam": ([("flag", {"f": 1, "init": "data", "lam": 0.5})], "uneven", 10, ()),
     "nnm": ([("nnm", {"f": 1})], "uneven", 10, ()),
     "bucketing": ([("bucketing", {"f": 1, "s": 2, "seed": 4})], "uneven", 10, ()),
