@@ -6,7 +6,8 @@ For each world size ``w`` and size ``d`` it starts ``w`` gloo processes on this 
 rank holds one float32 update of ``d`` values. Per rule (one per family) it times, as the
 slowest rank's median over ``reps`` calls after a warm-up:
 
-* ``all_reduce``: ``dist.all_reduce`` of the same tensor (the mean's cost floor);
+* ``all_reduce``: ``dist.all_reduce`` of the same tensor (the mean's cost floor), timed again
+  just before each rule (on a shared machine the floor drifts with the load);
 * ``robust``: :func:`robustagg.collective.robust_all_reduce`;
 * ``gather``: the parameter-server path: ``dist.gather`` to rank 0, the rule on the ``(n, d)``
   stack there, ``dist.broadcast`` of the result.
@@ -105,8 +106,6 @@ def worker(out: str, d: int, reps: int, rules) -> None:
         if rule is None:
             continue
         for method, fn in (("all_reduce", run_allreduce), ("robust", run_robust), ("gather", run_gather)):
-            if method == "all_reduce" and name != rules[0]:
-                continue  # the same for every rule
             fn(rule)  # warm-up
             times, peak = [], None
             for _ in range(reps):
@@ -179,14 +178,14 @@ def main() -> None:
     for d in map(int, args.d):
         for w in args.worlds:
             res = launch(w, d, args.reps, args.timeout, args.rules)
-            ar = max(r[(args.rules[0], "all_reduce")]["time"] for r in res)
             for name in args.rules:
                 if (name, "robust") not in res[0]:
                     continue
                 get = lambda m, k: [r[(name, m)][k] for r in res]  # noqa: E731
                 peaks = lambda m: None if None in get(m, "peak") else max(get(m, "peak"))  # noqa: E731
                 n, gram = w, name not in ("mean", "median", "trimmed-mean")
-                rows.append({"w": w, "d": d, "rule": name, "f": res[0][(name, "robust")]["f"], "ar": ar,
+                rows.append({"w": w, "d": d, "rule": name, "f": res[0][(name, "robust")]["f"],
+                             "ar": max(get("all_reduce", "time")),
                              "robust": max(get("robust", "time")), "gather": max(get("gather", "time")),
                              "bytes": max(get("robust", "bytes")),
                              "formula": 4 * (2 * d * (w - 1) / w + (n * n if gram else 0)),

@@ -53,13 +53,12 @@ def draw_columns(d: int, b: int, generator: torch.Generator) -> torch.Tensor:
     draws = torch.empty(0, dtype=torch.long)
     while True:
         draws = torch.cat([draws, torch.randint(d, (2 * b + 8,), generator=generator)])
-        order = torch.argsort(draws, stable=True)
-        ranked = draws[order]
+        ranked, order = torch.sort(draws, stable=True)
         new = torch.ones_like(ranked, dtype=torch.bool)
         new[1:] = ranked[1:] != ranked[:-1]
-        first = order[new].sort().values  # where each distinct value first appears
-        if first.numel() >= b:
-            return draws[first[:b]].sort().values
+        values, first = ranked[new], order[new]  # the distinct values (sorted), where each first appears
+        if values.numel() >= b:  # keep the b that appear first
+            return values[first <= torch.kthvalue(first, b).values]
 
 
 @register("caf", "covariance-bound-agnostic-filter")
