@@ -6,7 +6,8 @@ For each world size ``w`` and size ``d`` it starts ``w`` gloo processes on this 
 rank holds one float32 update of ``d`` values. Per rule (one per family) it times, as the
 slowest rank's median over ``reps`` calls after a warm-up:
 
-* ``all_reduce``: ``dist.all_reduce`` of the same tensor (the mean's cost floor);
+* ``all_reduce``: ``dist.all_reduce`` of the same tensor (the mean's cost floor), timed again
+  just before each rule (on a shared machine the floor drifts with the load);
 * ``robust``: :func:`robustagg.collective.robust_all_reduce`;
 * ``gather``: the parameter-server path: ``dist.gather`` to rank 0, the rule on the ``(n, d)``
   stack there, ``dist.broadcast`` of the result.
@@ -37,16 +38,19 @@ sys.path.insert(0, str(ROOT))
 import robustagg as ra  # noqa: E402
 
 # one rule per family; f is the largest the bound allows for n = w (at most 1)
-RULES = ["mean", "median", "trimmed-mean", "krum", "nnm>mean", "geometric-median", "flag"]
+RULES = ["mean", "median", "trimmed-mean", "krum", "nnm>mean", "geometric-median", "flag", "fltrust", "dnc"]
 BEGIN, END = "<!-- bench_collective:begin -->", "<!-- bench_collective:end -->"
 
 
-def build(name: str, n: int):
-    """The rule ``name`` with the largest ``f <= 1`` that ``n`` inputs allow (None if none does)."""
+def build(name: str, n: int, d: int):
+    """The rule ``name`` with the largest ``f <= 1`` that ``n`` inputs allow (None if none does);
+    FLTrust gets a server reference (the same seeded ``d``-vector on every rank)."""
     for f in (1, 0):
         parts = [ra.get(p, f=f) for p in name.split(">")]
         rule = parts[0] if len(parts) == 1 else ra.pipeline(*parts)
         if rule.min_inputs() <= n:
+            if name == "fltrust":
+                rule.set_reference(torch.randn(d, generator=torch.Generator().manual_seed(12345)))
             return rule, f
     return None, None
 
@@ -69,7 +73,7 @@ def _reset_peak() -> bool:
         return False
 
 
-def worker(out: str, d: int, reps: int) -> None:
+def worker(out: str, d: int, reps: int, rules) -> None:
     import torch.distributed as dist
 
     from robustagg.collective import robust_all_reduce
@@ -97,13 +101,11 @@ def worker(out: str, d: int, reps: int) -> None:
         return robust_all_reduce(x, rule, stats=stats)
 
     results = {}
-    for name in RULES:
-        rule, f = build(name, w)
+    for name in rules:
+        rule, f = build(name, w, d)
         if rule is None:
             continue
         for method, fn in (("all_reduce", run_allreduce), ("robust", run_robust), ("gather", run_gather)):
-            if method == "all_reduce" and name != RULES[0]:
-                continue  # the same for every rule
             fn(rule)  # warm-up
             times, peak = [], None
             for _ in range(reps):
@@ -124,7 +126,7 @@ def worker(out: str, d: int, reps: int) -> None:
     dist.destroy_process_group()
 
 
-def launch(w: int, d: int, reps: int, timeout: float):
+def launch(w: int, d: int, reps: int, timeout: float, rules):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -133,7 +135,8 @@ def launch(w: int, d: int, reps: int, timeout: float):
     env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(w), OMP_NUM_THREADS="1",
                MALLOC_MMAP_THRESHOLD_="65536",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    procs = [subprocess.Popen([sys.executable, __file__, "--worker", out, "--d", str(d), "--reps", str(reps)],
+    procs = [subprocess.Popen([sys.executable, __file__, "--worker", out, "--d", str(d), "--reps", str(reps),
+                               "--rules", *rules],
                               env=dict(env, RANK=str(r))) for r in range(w)]
     try:
         codes = [p.wait(timeout=timeout) for p in procs]
@@ -164,24 +167,25 @@ def main() -> None:
     parser.add_argument("--worlds", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--d", type=float, nargs="+", default=[1e6])
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--rules", nargs="+", default=RULES, help=f"rules to time (default: {' '.join(RULES)})")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument("--write", type=Path, help="replace the table between the bench markers of this file")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, int(args.d[0]), args.reps)
+        return worker(args.worker, int(args.d[0]), args.reps, args.rules)
     rows = []
     for d in map(int, args.d):
         for w in args.worlds:
-            res = launch(w, d, args.reps, args.timeout)
-            ar = max(r[("mean", "all_reduce")]["time"] for r in res)
-            for name in RULES:
+            res = launch(w, d, args.reps, args.timeout, args.rules)
+            for name in args.rules:
                 if (name, "robust") not in res[0]:
                     continue
                 get = lambda m, k: [r[(name, m)][k] for r in res]  # noqa: E731
                 peaks = lambda m: None if None in get(m, "peak") else max(get(m, "peak"))  # noqa: E731
                 n, gram = w, name not in ("mean", "median", "trimmed-mean")
-                rows.append({"w": w, "d": d, "rule": name, "f": res[0][(name, "robust")]["f"], "ar": ar,
+                rows.append({"w": w, "d": d, "rule": name, "f": res[0][(name, "robust")]["f"],
+                             "ar": max(get("all_reduce", "time")),
                              "robust": max(get("robust", "time")), "gather": max(get("gather", "time")),
                              "bytes": max(get("robust", "bytes")),
                              "formula": 4 * (2 * d * (w - 1) / w + (n * n if gram else 0)),

@@ -14,12 +14,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.distributed as dist
 
 import robustagg as ra
 from robustagg.collective import CollectiveError, RobustHookState, robust_all_reduce, robust_hook, robust_step
+
+
+def _reference(d: int) -> torch.Tensor:
+    """FLTrust's server gradient in the cases: a fixed direction of ``d`` entries."""
+    return torch.linspace(-1.0, 2.0, d)
+
 
 # name -> (list of (registry name, params) stages, rows per rank, d, rows made NaN/Inf)
 CASES = {
@@ -33,6 +40,8 @@ CASES = {
     "geometric-median": ([("geometric-median", {"f": 1})], "uneven", 10, ()),
     "centered-clipping": ([("centered-clipping", {"f": 1, "tau": 0.5, "iters": 3})], "uneven", 10, ()),
     "flag": ([("flag", {"f": 1})], "uneven", 10, ()),
+    # shards past the first block of the random init: round 2 starts from the kept generator states
+    "flag-long": ([("flag", {"f": 1})], "uneven", 3 * 32768 + 5, ()),
     "flag-data-lam": ([("flag", {"f": 1, "init": "data", "lam": 0.5})], "uneven", 10, ()),
     "nnm": ([("nnm", {"f": 1})], "uneven", 10, ()),
     "bucketing": ([("bucketing", {"f": 1, "s": 2, "seed": 4})], "uneven", 10, ()),
@@ -56,11 +65,22 @@ CASES = {
     "caf": ([("caf", {"f": 1})], "uneven", 10, ()),
     "clipped-clustering": ([("clipped-clustering", {"f": 1})], "uneven", 10, ()),
     "monna": ([("monna", {"f": 1})], "uneven", 10, ()),
+    # the server's reference (every rank passes the whole of it), and the median fallback
+    "fltrust": ([("fltrust", {"f": 1, "reference": _reference(10)})], "uneven", 10, ()),
+    "fltrust-median": ([("fltrust", {"f": 1})], "uneven", 10, ()),
+    "fltrust-d2": ([("fltrust", {"f": 1, "reference": _reference(2)})], "uneven", 2, ()),
+    "nnm>fltrust": ([("nnm", {"f": 1}), ("fltrust", {"f": 1, "reference": _reference(10)})], "uneven", 10, ()),
+    # a subsample of 6 of the 10 coordinates: the drawn ones fall unevenly on the shards
+    "dnc": ([("dnc", {"f": 1, "sub_dim": 6, "niters": 3, "seed": 2})], "uneven", 10, ()),
+    "dnc-all": ([("dnc", {"f": 1})], "uneven", 10, ()),
+    "dnc-d2": ([("dnc", {"f": 1, "sub_dim": 1})], "uneven", 2, ()),
 }
 # non-finite rows (a NaN row, an Inf row, a row of 1e20 whose squared norm overflows in float32)
 for _name in ("mean", "median", "trimmed-mean", "meamed", "krum", "multi-krum", "bulyan", "geometric-median",
               "centered-clipping", "flag", "nnm", "bucketing", "clipping", "arc"):
     CASES[f"nan:{_name}"] = ([(_name, {**CASES[_name][0][0][1], "f": 3})], "nan", 9, (1, 5, 9))
+CASES["nan:fltrust"] = ([("fltrust", {"f": 3, "reference": _reference(9)})], "nan", 9, (1, 5, 9))
+CASES["nan:dnc"] = ([("dnc", {"f": 3, "sub_dim": 5, "niters": 2})], "nan", 9, (1, 5, 9))
 CASES["nan:nnm>krum"] = ([("nnm", {"f": 3}), ("krum", {"f": 3})], "nan", 9, (1, 5, 9))
 ROUNDS = 2
 
@@ -95,7 +115,8 @@ def build(case: str):
 
 
 #: the cases the larger world size runs (the tests' time budget)
-SOME = ("krum", "median", "flag", "clip>nnm>cc", "krum-d2", "nan:bulyan", "nan:centered-clipping")
+SOME = ("krum", "median", "flag", "clip>nnm>cc", "krum-d2", "nan:bulyan", "nan:centered-clipping", "fltrust", "dnc",
+        "nan:dnc")
 
 
 def run_cases(rank: int, world: int, names=tuple(CASES)):
@@ -200,15 +221,50 @@ def run_hang(rank: int, world: int):
         return {"error": str(exc), "seconds": time.perf_counter() - start}
 
 
+def run_memory(rank: int, world: int):
+    """The peak resident set during robust_all_reduce (one row of d floats per rank) minus the
+    resident set before it, in units of d floats; the largest of 3 calls after a warm-up. Run
+    with large blocks allocated by mmap (MALLOC_MMAP_THRESHOLD_), so that freed memory leaves
+    the resident set."""
+    d = 1 << 22
+    x = torch.randn(d, generator=torch.Generator().manual_seed(rank))
+    peaks = {}
+    for name in ("mean", "median", "geometric-median", "nnm>mean"):
+        rule = build_stages(name)
+        robust_all_reduce(x, rule)  # warm-up
+        peak = 0.0
+        for _ in range(3):
+            dist.barrier()
+            before = _status("VmRSS")
+            with open("/proc/self/clear_refs", "w") as fh:
+                fh.write("5")  # resets the peak (VmHWM) to the current resident set
+            y = robust_all_reduce(x, rule)
+            peak = max(peak, (_status("VmHWM") - before) / (4 * d))
+            del y
+        peaks[name] = peak
+    return peaks
+
+
+def build_stages(spec: str):
+    stages = [ra.get(name, f=0) for name in spec.split(">")]
+    return stages[0] if len(stages) == 1 else ra.pipeline(*stages)
+
+
+def _status(field: str) -> int:
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) * 1024 for line in fh if line.startswith(field + ":"))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def launch(world: int, phases: str, tmp: Path, timeout: float = 150):
-    """Run the worker in ``world`` processes; return each rank's saved results."""
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
+def launch(world: int, phases: str, tmp: Path, timeout: float = 150, env: Optional[dict] = None):
+    """Run the worker in ``world`` processes (``env``: added environment variables); return each
+    rank's saved results."""
+    env = dict(os.environ, **(env or {}), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(world),
                PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
                OMP_NUM_THREADS="1")
     procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), str(tmp), phases],
@@ -233,7 +289,7 @@ def main() -> None:
     results = {}
     for phase in phases:
         results[phase] = {"cases": run_cases, "some": lambda r, w: run_cases(r, w, SOME), "hooks": run_hooks,
-                           "nanrank": run_nan_rank, "mismatch": run_mismatch, "hang": run_hang}[phase](rank, world)
+                           "nanrank": run_nan_rank, "memory": run_memory, "mismatch": run_mismatch, "hang": run_hang}[phase](rank, world)
     torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     if "hang" in phases:
         os._exit(0)  # the group is broken: skip the shutdown handshake

@@ -9,6 +9,7 @@ and saves what each rank got); the tests below compare.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 
 import pytest
@@ -121,6 +122,18 @@ def test_ddp_hook_and_robust_step(world3, kind):
         ref = rule(rows)
         for r in range(3):
             close(world3[r]["hooks"][kind][step]["got"], ref, f"{kind} step {step} rank {r}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak resident set from /proc (Linux only)")
+def test_memory_per_rank_at_most_three_rows(tmp_path):
+    """Issue 16: at most 3 d floats per rank beyond its own input (one row of d = 4M floats per
+    rank, 2 ranks). The received (n, d / w) block is freed before the result is gathered, and
+    with gloo each rank broadcasts its shard into its slice of the result (gloo's all-gather
+    stages a copy of its output: 3.5 d in all)."""
+    results = launch(2, "memory", tmp_path, env={"MALLOC_MMAP_THRESHOLD_": "65536"})
+    for r in range(2):
+        for rule, peak in results[r]["memory"].items():
+            assert peak <= 3.0, f"rank {r} {rule}: peak {peak:.2f} d"
 
 
 def test_shard_bounds():

@@ -29,14 +29,25 @@ def test_nan_rank_mismatched_ranks_and_hung_rank(tmp_path):
         assert hang["seconds"] < 5.0
 
 
-@pytest.mark.parametrize("stages", [["dnc"], ["fltrust"], ["nnm", "fltrust"]])
-def test_rules_that_do_not_split_over_shards_are_refused_up_front(stages):
-    """DnC and FLTrust have no shard decomposition yet: a clear error before any communication
-    (not a silently different aggregate)."""
-    import robustagg as ra
+class _WholeVector(ra.aggregators.base.Aggregator):
+    """A rule that declares it needs every coordinate in one process."""
+
+    name = "whole-vector"
+    shardable = False
+
+    def _aggregate(self, X, f, G):
+        return X.mean(dim=0)
+
+
+@pytest.mark.parametrize("pipe", [False, True])
+def test_rules_that_do_not_split_over_shards_are_refused_up_front(pipe):
+    """A rule (or a pipeline's stage) with ``shardable = False``: a clear error before any
+    communication (not a silently different aggregate). Every registered rule splits."""
     from robustagg.collective import robust_all_reduce
 
-    built = [ra.get(name, f=1) for name in stages]
-    rule = built[0] if len(built) == 1 else ra.pipeline(*built)
-    with pytest.raises(ValueError, match=f"{stages[-1]} runs in one process only"):
+    rule = ra.pipeline(ra.get("nnm", f=1), _WholeVector(f=1)) if pipe else _WholeVector(f=1)
+    with pytest.raises(ValueError, match="whole-vector runs in one process only"):
         robust_all_reduce(torch.zeros(4), rule)
+    from robustagg.aggregators.registry import REGISTRY, available
+
+    assert [name for name in available() if not REGISTRY.resolve(name).shardable] == []

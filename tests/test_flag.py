@@ -118,6 +118,25 @@ def test_random_init_is_the_reference_draw(iters):
         assert np.allclose(rule.last["objective"], err, rtol=1e-9)
 
 
+def test_random_init_rows_of_a_shard_are_the_reference_rows_and_later_calls_skip_the_prefix():
+    """A coordinate shard [lo, hi) of the init gets rows lo..hi of the one-shot draw; with a
+    ``states`` dict the generator's state at lo's block is kept, and a later call starts there
+    (shown by replacing that state: the rows change) instead of drawing every row before lo."""
+    B, m, seed = flag_solver.RANDOM_BLOCK, 3, 7
+    d = 5 * B + 77
+    full = flag_solver.random_init_matrix(d, m, seed)
+    states = {}
+    for lo, hi in ((0, d), (B + 5, 3 * B + 9), (3 * B - 1, d), (4 * B, d)):
+        for _ in range(2):  # the first call fills states, the second starts from it
+            got = torch.cat([w for _, _, w in flag_solver.random_init_blocks(d, m, seed, lo=lo, hi=hi, states=states)])
+            assert torch.equal(got, full[lo:hi]), (lo, hi)
+    assert sorted(key[3] for key in states) == [B, 2 * B, 4 * B]  # lo = 0 needs none
+    key = (m, seed, B, 4 * B)
+    states[key] = torch.Generator().manual_seed(99).get_state()
+    got = torch.cat([w for _, _, w in flag_solver.random_init_blocks(d, m, seed, lo=4 * B, states=states)])
+    assert not torch.equal(got, full[4 * B :])
+
+
 @pytest.mark.parametrize("lam", [0.0, 40.0])
 def test_data_init_is_an_init_orthogonal_to_the_inputs(lam):
     p, d, m = 6, 50, 3

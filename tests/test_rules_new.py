@@ -10,6 +10,7 @@ from cases import gaussian
 
 import robustagg as ra
 from robustagg.aggregators import ops
+from robustagg.aggregators.filtering import draw_columns
 
 SIZES = [(5, 1, 0), (7, 2, 1), (9, 3, 2), (10, 2, 3), (12, 4, 4)]
 NEW = ["cge", "mda", "smea", "caf", "dnc", "clipped-clustering", "fltrust", "monna"]
@@ -55,8 +56,26 @@ def test_fltrust_without_reference_uses_the_median_and_says_so():
 def test_dnc_matches_bruteforce_with_the_same_columns(n, f, seed):
     X = gaussian(n, 40, seed)
     g = torch.Generator().manual_seed(seed)
-    cols = [torch.randperm(40, generator=g)[:15].sort().values.numpy() for _ in range(3)]
+    cols = [draw_columns(40, 15, g).numpy() for _ in range(3)]
     close(ra.get("dnc", f=f, sub_dim=15, niters=3, seed=seed)(X), bf.dnc(X, f, cols))
+
+
+def test_dnc_columns_are_distinct_uniform_and_cost_no_pass_over_d():
+    """DnC's coordinate draw: sorted distinct indices in range, each coordinate about equally
+    often, the same for the same generator state, and O(b) work: d = 1e12 is no problem (a
+    permutation of d would need 8 TB)."""
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(40)
+    for _ in range(2000):
+        cols = draw_columns(40, 15, g)
+        assert cols.numel() == 15 and torch.all(cols[1:] > cols[:-1]) and 0 <= int(cols[0]) and int(cols[-1]) < 40
+        counts[cols] += 1
+    expected = 2000 * 15 / 40
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 80.0, chi2  # 39 degrees of freedom: p < 1e-4 beyond 80
+    for d, b in ((40, 30), (40, 40), (40, 99), (10**12, 1000)):  # permutation, all, all, sparse
+        a, c = draw_columns(d, b, torch.Generator().manual_seed(3)), draw_columns(d, b, torch.Generator().manual_seed(3))
+        assert torch.equal(a, c) and a.numel() == min(b, d) and a.unique().numel() == a.numel() and int(a[-1]) < d
 
 
 @pytest.mark.parametrize("n,seed", [(7, 0), (9, 1), (11, 2)])

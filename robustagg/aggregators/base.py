@@ -215,12 +215,13 @@ class Aggregator(ParamsRepr):
         return partial if self._shards is None else self._shards.sum(partial)
 
     def _gram_over_shards(self, partial: torch.Tensor) -> torch.Tensor:
-        """A Gram matrix completed over every shard, exactly symmetric again (an all-reduce may
-        sum ``G_ij`` and ``G_ji`` in different orders; exact ties need ``D_ij == D_ji``)."""
+        """A Gram matrix (or a stack ``(.., n, n)`` of them) completed over every shard, exactly
+        symmetric again (an all-reduce may sum ``G_ij`` and ``G_ji`` in different orders; exact
+        ties need ``D_ij == D_ji``)."""
         if self._shards is None:
             return partial
         G = self._shards.sum(partial)
-        return (G + G.T) * 0.5
+        return (G + G.transpose(-2, -1)) * 0.5
 
     def _all_over_shards(self, flag: bool) -> bool:
         """Whether ``flag`` holds on every shard."""

@@ -39,6 +39,28 @@ def _centred(G: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
     return G - Gp[:, None] - Gp[None, :] + p @ Gp
 
 
+def draw_columns(d: int, b: int, generator: torch.Generator) -> torch.Tensor:
+    """``min(b, d)`` distinct coordinates of ``range(d)`` drawn uniformly at random, sorted.
+
+    ``b >= d``: all of them (no draw). ``b > d / 2``: the first ``b`` of a random permutation.
+    Otherwise ``O(b log b)`` time and memory, not ``O(d)``: the first ``b`` distinct values of
+    a sequence of uniform draws (with replacement), extended until it holds ``b`` of them; by
+    symmetry every ``b``-subset is equally likely."""
+    if b >= d:
+        return torch.arange(d)
+    if 2 * b > d:
+        return torch.randperm(d, generator=generator)[:b].sort().values
+    draws = torch.empty(0, dtype=torch.long)
+    while True:
+        draws = torch.cat([draws, torch.randint(d, (2 * b + 8,), generator=generator)])
+        ranked, order = torch.sort(draws, stable=True)
+        new = torch.ones_like(ranked, dtype=torch.bool)
+        new[1:] = ranked[1:] != ranked[:-1]
+        values, first = ranked[new], order[new]  # the distinct values (sorted), where each first appears
+        if values.numel() >= b:  # keep the b that appear first
+            return values[first <= torch.kthvalue(first, b).values]
+
+
 @register("caf", "covariance-bound-agnostic-filter")
 class CAF(Aggregator):
     r"""Covariance-bound agnostic filter: down-weight inputs along the top principal direction.
@@ -98,13 +120,16 @@ class DnC(SeededGenerator, Aggregator):
     subsets, average the inputs no round filtered.
 
     For each of ``niters`` rounds, draw ``b = min(sub_dim, d)`` coordinates ``r`` without
-    replacement, centre the sub-vectors :math:`x_{i,r}` at their mean :math:`\mu_r`, take the top
+    replacement (:func:`draw_columns`: ``O(b)`` work, not ``O(d)``, for ``b <= d / 2``), centre the sub-vectors :math:`x_{i,r}` at their mean :math:`\mu_r`, take the top
     right singular vector :math:`v` and the scores :math:`s_i = ((x_{i,r} - \mu_r)^\top v)^2`;
     keep the :math:`n - \lfloor c f \rfloor` inputs of smallest score (``c = filter_frac``). The
     output is the mean of the inputs kept in every round. If no input survives all rounds
     (possible only when ``niters * f >= n``), the ``n - f`` of smallest summed rank are averaged.
     The scores come from the ``n x n`` Gram matrix of the sub-vectors (:math:`s_i = \lambda u_i^2`,
-    :math:`(\lambda, u)` its centred top eigenpair), in float64. Coordinates come from a generator
+    :math:`(\lambda, u)` its centred top eigenpair), in float64. That Gram matrix is a sum over the
+    drawn coordinates, so the rule splits over coordinate shards
+    (:func:`robustagg.collective.robust_all_reduce`): every shard draws the same coordinates and
+    sums the products of those it holds. Coordinates come from a generator
     seeded with ``seed``: each call draws new ones, :meth:`reset` restarts the sequence, and the
     draw does not depend on the order of the inputs. ``last["selected"]`` lists the averaged inputs.
 
@@ -117,10 +142,8 @@ class DnC(SeededGenerator, Aggregator):
     #: one line for the rule table of docs/index.md
     summary = "mean of the inputs no round flags along the top singular direction of random coordinates"
 
-    #: its random coordinate subsample is drawn over all d columns: not yet split over shards
-    shardable = False
     bound = "n > 2f"
-    decomposition = "gram-selection"  # statistic: Gram matrices of the drawn column subsets
+    decomposition = "gram-selection"  # statistic: Gram matrices of the drawn column subsets (sums over them)
     _parameter_constraints = {**Aggregator._parameter_constraints, "sub_dim": Integer(minimum=1),
                               "niters": Integer(minimum=1), "filter_frac": Real(minimum=0.0, maximum=1.0),
                               "seed": Integer()}
@@ -135,14 +158,21 @@ class DnC(SeededGenerator, Aggregator):
         self.reset()
 
     def _statistic(self, X, G):
+        # every shard draws the same coordinates from the same generator (over all ``total``
+        # columns) and keeps those in its own columns: the Gram matrices are sums over
+        # coordinates, completed by one reduction of niters n^2 floats in a collective
         n, d = X.shape
-        b = min(self.sub_dim, d)
-        grams = []
-        for _ in range(self.niters):
-            cols = torch.randperm(d, generator=self._generator)[:b].sort().values.to(X.device)
-            sub = X.detach().index_select(1, cols).to(torch.float64)
-            grams.append(sub @ sub.T)
-        return torch.stack(grams)
+        offset, total = self._columns(d)
+        b = min(self.sub_dim, total)
+        grams = torch.empty((self.niters, n, n), dtype=torch.float64, device=X.device)
+        for i in range(self.niters):
+            cols = draw_columns(total, b, self._generator)
+            if d != total:  # this shard's columns [offset, offset + d) among the drawn ones
+                lo, hi = torch.searchsorted(cols, torch.tensor([offset, offset + d])).tolist()
+                cols = cols[lo:hi] - offset
+            sub = X.detach().index_select(1, cols.to(X.device)).to(torch.float64)
+            grams[i] = sub @ sub.T
+        return self._gram_over_shards(grams)
 
     def _decide(self, grams, f):
         n = grams.shape[1]

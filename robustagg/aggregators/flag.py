@@ -131,6 +131,9 @@ class FlagAggregator(Aggregator):
             self.output = "raw"
         self.solver = self._check("solver", solver)
         self.init = self._check_init(init)
+        #: the random init's generator state where a coordinate shard starts (see
+        #: flag_solver.random_init_blocks): a rank of the collective draws its own rows only
+        self._init_states: dict = {}
 
     def _check_init(self, init):
         if isinstance(init, str):
@@ -243,7 +246,8 @@ class FlagAggregator(Aggregator):
             S = self._init_S
         elif self.init == "random":  # one pass: draw W block by block, accumulate X W and W^T W
             ZS = torch.zeros((p + m, m), dtype=torch.float64)
-            for start, stop, W in fs.random_init_blocks(total, m, self.seed, lo=offset, hi=offset + d):
+            for start, stop, W in fs.random_init_blocks(total, m, self.seed, lo=offset, hi=offset + d,
+                                                          states=self._init_states):
                 W = W.to(device=X.device, dtype=X.dtype)
                 ZS[:p] += (X[:, start - offset : stop - offset] @ W).to("cpu", torch.float64)
                 ZS[p:] += (W.T @ W).to("cpu", torch.float64)
@@ -264,7 +268,8 @@ class FlagAggregator(Aggregator):
             Y0 = self.init[offset : offset + d]
             return Y0.to(device=X.device, dtype=X.dtype) @ c.to(device=X.device, dtype=X.dtype)
         out = torch.empty(d, dtype=X.dtype, device=X.device)
-        for start, stop, W in fs.random_init_blocks(total, m, self.seed, lo=offset, hi=offset + d):
+        for start, stop, W in fs.random_init_blocks(total, m, self.seed, lo=offset, hi=offset + d,
+                                                      states=self._init_states):
             out[start - offset : stop - offset] = W.to(device=X.device, dtype=X.dtype) @ c.to(device=X.device, dtype=X.dtype)
         return out
 

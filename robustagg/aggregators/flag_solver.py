@@ -22,7 +22,7 @@ which the SVD fills with arbitrary vectors orthogonal to ``span(U)``, contribute
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -31,17 +31,30 @@ RANDOM_BLOCK = 1 << 15
 
 
 def random_init_blocks(d: int, m: int, seed: int, block: int = RANDOM_BLOCK, lo: int = 0,
-                       hi: Optional[int] = None) -> Iterator[Tuple[int, int, torch.Tensor]]:
+                       hi: Optional[int] = None,
+                       states: Optional[Dict[tuple, torch.Tensor]] = None) -> Iterator[Tuple[int, int, torch.Tensor]]:
     """Yield ``(start, stop, W[start:stop])`` of ``W = torch.rand(d, m) - 0.5`` after
     ``torch.manual_seed(seed)`` (the reference's init, before its QR), block by block,
-    for the rows in ``[lo, hi)`` only (a coordinate shard; rows before ``lo`` are drawn and
-    discarded).
+    for the rows in ``[lo, hi)`` only (a coordinate shard).
 
     The CPU generator fills rows in order, so the blocks concatenate to the one-shot draw:
-    the same ``W`` on every device, without holding the ``d x m`` matrix."""
+    the same ``W`` on every device, without holding the ``d x m`` matrix. Its Mersenne Twister
+    cannot jump ahead, so the rows before ``lo`` (whole blocks) are drawn and discarded;
+    ``states`` (a dict kept by the caller) remembers the generator's state at the block where
+    ``lo`` falls, so that later calls with the same ``(m, seed, lo)`` start there: they draw
+    only rows of ``[lo, hi)``'s blocks, and the same ones."""
     hi = d if hi is None else hi
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    for start in range(0, hi, block):
+    first = min(lo, hi) // block * block  # every block before it is whole
+    key = (m, seed, block, first)
+    if first and states is not None and key in states:
+        gen.set_state(states[key])
+    else:
+        for _ in range(0, first, block):
+            torch.rand(block, m, generator=gen)
+        if first and states is not None:
+            states[key] = gen.get_state()
+    for start in range(first, hi, block):
         stop = min(d, start + block)
         W = torch.rand(stop - start, m, generator=gen) - 0.5
         a, b = max(start, lo), min(stop, hi)

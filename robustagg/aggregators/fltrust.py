@@ -24,7 +24,9 @@ class FLTrust(Aggregator):
 
     (zero when every :math:`t_i` is zero). Only the ``n`` inner products :math:`x_i^\top g_0`
     and the norms are needed: one pass over the input for them and one ``(n,) @ (n, d)``
-    product.
+    product. They are sums over coordinates, so the rule splits over coordinate shards
+    (:func:`robustagg.collective.robust_all_reduce`): every rank sets the same whole
+    reference, uses the slice of its shard, and the ``2n + 1`` partial sums are all-reduced.
 
     The reference is given with ``reference=`` or, per round, with :meth:`set_reference` (a
     vector of ``d`` entries, or anything :func:`~robustagg.aggregators.convert.as_matrix`
@@ -44,11 +46,9 @@ class FLTrust(Aggregator):
     #: one line for the rule table of docs/index.md
     summary = "Σ ReLU(cos(x_i, g_0)) ‖g_0‖/‖x_i‖ x_i / Σ ReLU(cos): g_0 the server's gradient (`set_reference`)"
 
-    #: its cosine scores and the reference norm are not yet summed over shards
-    shardable = False
     bound = "n > f"
     nonfinite_shows_in_output = True  # a NaN/Inf entry makes its trust score, so every weight, NaN
-    decomposition = "gram-weights"  # statistic: x_i . g_0 and the norms (a row of the Gram matrix of [X; g_0])
+    decomposition = "gram-weights"  # statistic: x_i . g_0, |x_i|^2, |g_0|^2 (a row and the diagonal of the Gram matrix of [X; g_0])
     _parameter_constraints = {**Aggregator._parameter_constraints,
                               "reference": Opaque(invalid=["abc", [[1.0, 2.0], [3.0, 4.0]], [float("nan"), 1.0]])}
 
@@ -80,12 +80,15 @@ class FLTrust(Aggregator):
         self.reference = row[0]
 
     def _statistic(self, X, G):
+        # x_i . g_0, |x_i|^2 and |g_0|^2 are sums over coordinates: partial sums over this call's
+        # columns, completed by one reduction of 2n + 1 floats in a collective (identity in one process)
+        offset, total = self._columns(X.shape[1])
         if self.reference is None:
             g0, source = ops.coordinate_median(X.detach()), "median"
         else:
-            if self.reference.numel() != X.shape[1]:
-                raise ValueError(f"fltrust: reference has {self.reference.numel()} entries, updates have {X.shape[1]}")
-            g0, source = self.reference.to(device=X.device), "server"
+            if self.reference.numel() != total:
+                raise ValueError(f"fltrust: reference has {self.reference.numel()} entries, updates have {total}")
+            g0, source = self.reference[offset : offset + X.shape[1]].to(device=X.device), "server"
         # one matrix-vector product and one norm pass in the input's dtype (no float64 copy of X)
         Xd, acc = X.detach(), ops.accumulation_dtype(X.dtype)
         g = g0.to(Xd.dtype)
@@ -95,7 +98,12 @@ class FLTrust(Aggregator):
         if over.numel():  # finite rows whose norm or inner product overflows the dtype: redo in float64
             rows = Xd.index_select(0, over).to(torch.float64)
             dots[over], norms[over] = rows @ g0.to(device=rows.device, dtype=torch.float64), ops.row_norms(rows)
-        return dots, norms, float(torch.linalg.vector_norm(g0.to(torch.float64))), source
+        # |g0|^2 in float64, chunk by chunk (no float64 copy of g0: 2 d values)
+        g0_sq = sum((torch.linalg.vector_norm(c.to(torch.float64)) ** 2 for c in g0.split(1 << 16)),
+                    torch.zeros((), dtype=torch.float64, device=g0.device)).reshape(1)
+        n = X.shape[0]
+        sums = self._sum_over_shards(torch.cat([dots, norms**2, g0_sq]))
+        return sums[:n], sums[n : 2 * n].sqrt(), float(sums[2 * n].sqrt()), source
 
     def _decide(self, statistic, f):
         dots, norms, g0_norm, source = statistic

@@ -16,7 +16,9 @@ Rank ``r`` owns coordinate shard ``r`` (``d`` split into ``w`` near-equal slices
    floats), the Gram matrix (``n x n``) or the norms (``n``), and, for centered clipping,
    ``n`` distances per iteration. Every rank then takes the same decision with the rule's
    own decision code and applies it to its block;
-4. one ``all_gather`` returns the whole aggregate to every rank.
+4. the received block is freed and one all-gather returns the whole aggregate to every rank
+   (NCCL: ``all_gather_into_tensor``, in place; gloo, whose all-gather stages its output in a
+   buffer of its own: each rank broadcasts its shard into its slice of the result).
 
 Bytes sent per rank: about ``2 d (w - 1) / w`` values plus ``n^2`` for Gram rules, as a ring
 all-reduce of ``d`` values. See docs/collective.md.
@@ -174,6 +176,17 @@ def _gather(out: Optional[torch.Tensor], failure: Optional[BaseException], bound
         raise CollectiveError("robust_all_reduce: the rule raised on another rank only; see that rank's error")
     widest = max(bounds[j + 1] - bounds[j] for j in range(world))
     d = bounds[-1]
+    if out.dim() == 1 and dist.get_backend(group) == "gloo":
+        # gloo's all-gather stages its output in a buffer of its own (d more values): instead each
+        # rank broadcasts its shard straight into its slice of the result (in place, same bytes)
+        full = out.new_empty(d)
+        rank = dist.get_rank(group)
+        full[bounds[rank] : bounds[rank + 1]] = out
+        works = [dist.broadcast(full[bounds[j] : bounds[j + 1]], src=dist.get_global_rank(group, j) if group else j,
+                                group=group, async_op=True) for j in range(world) if bounds[j + 1] > bounds[j]]
+        for work in works:
+            _wait(work, "all_gather of the aggregate", timeout)
+        return full
     if out.dim() == 1:  # shards of equal width but the last ones: the padded gather starts with the result
         full = out.new_empty(world * widest)
         mine = out if out.shape[0] == widest else torch.cat([out, out.new_zeros(widest - out.shape[0])])
@@ -276,8 +289,9 @@ def robust_all_reduce(tensor: torch.Tensor, rule: Aggregator, group=None,
             part.__dict__.pop("_shards", None)
     if isinstance(failure, CollectiveError):
         raise failure
+    del shard  # the received block (n d / w values): freed before the result is gathered
     # 4. the whole aggregate on every rank
-    full = _gather(out, failure, bounds, group, timeout, shard.dtype, device)
+    full = _gather(out, failure, bounds, group, timeout, X.dtype, device)
     if stats is not None:
         size = X.element_size()
         widest = max(bounds[j + 1] - bounds[j] for j in range(world))
