@@ -122,7 +122,11 @@ def _source(plan: Plan) -> str:
 
 
 def _load(plan: Plan) -> Callable:
-    src = _source(plan)
+    return _compile(_source(plan))
+
+
+def _compile(src: str) -> Callable:
+    """The function ``kernel`` of the numba source ``src``, cached on disk by its digest."""
     import numba
 
     digest = hashlib.sha1((src + numba.__version__).encode()).hexdigest()[:16]
@@ -191,6 +195,87 @@ def run_plan_jit(X: torch.Tensor, plan: Plan, rows: Optional[torch.Tensor] = Non
             _executor(threads).submit(kernel, Xn, row_ids, out, int(bounds[i]), int(bounds[i + 1]), half, inv)
             for i in range(threads)
         ]
+        for job in jobs:
+            job.result()
+    return torch.from_numpy(out)
+
+
+#: NNM's mixing kernel (:func:`robustagg.aggregators.ops.mix_nearest`). On each block of columns:
+#: ``s``, the sum of the rows ``summed``; then output row ``i`` is ``(s if base[i] else 0)``
+#: minus the rows ``idx[i, :minus[i]]`` plus the rows ``idx[i, minus[i]:cnt[i]]``, times ``inv``.
+#: The block (``n`` rows) stays in cache, so the input is read from memory once and the output
+#: written once; rows are added four at a time (one update of the accumulator per four rows).
+_MIX_SOURCE = """\
+import numpy as np
+from numba import njit
+
+
+@njit(nogil=True, cache=CACHE, boundscheck=False)
+def add_rows(acc, X, rows, t0, t1, b0, b1, sign):
+    t = t0
+    while t + 4 <= t1:
+        x0 = X[rows[t], b0:b1]
+        x1 = X[rows[t + 1], b0:b1]
+        x2 = X[rows[t + 2], b0:b1]
+        x3 = X[rows[t + 3], b0:b1]
+        if sign > 0:
+            for j in range(b1 - b0):
+                acc[j] += (x0[j] + x1[j]) + (x2[j] + x3[j])
+        else:
+            for j in range(b1 - b0):
+                acc[j] -= (x0[j] + x1[j]) + (x2[j] + x3[j])
+        t += 4
+    while t < t1:
+        x0 = X[rows[t], b0:b1]
+        if sign > 0:
+            for j in range(b1 - b0):
+                acc[j] += x0[j]
+        else:
+            for j in range(b1 - b0):
+                acc[j] -= x0[j]
+        t += 1
+
+
+@njit(nogil=True, cache=CACHE, boundscheck=False)
+def kernel(X, summed, base, idx, minus, cnt, inv, out, c0, c1, block):
+    s = np.zeros(block, dtype=X.dtype)
+    acc = np.zeros(block, dtype=X.dtype)
+    for b0 in range(c0, c1, block):
+        b1 = min(b0 + block, c1)
+        w = b1 - b0
+        s[:w] = 0
+        add_rows(s, X, summed, 0, summed.shape[0], b0, b1, 1)
+        for i in range(X.shape[0]):
+            if base[i]:
+                acc[:w] = s[:w]
+            else:
+                acc[:w] = 0
+            add_rows(acc, X, idx[i], 0, minus[i], b0, b1, -1)
+            add_rows(acc, X, idx[i], minus[i], cnt[i], b0, b1, 1)
+            o = out[i, b0:b1]
+            for j in range(w):
+                o[j] = acc[j] * inv
+"""
+
+
+def run_mix_jit(X: torch.Tensor, summed: torch.Tensor, base: torch.Tensor, idx: torch.Tensor,
+                minus: torch.Tensor, cnt: torch.Tensor, k: int) -> torch.Tensor:
+    """Evaluate the mixing kernel (``_MIX_SOURCE``) on CPU, float32/float64, columns split over threads."""
+    kernel = _compile(_MIX_SOURCE)
+    Xn = X.detach().numpy()
+    n, d = Xn.shape
+    out = np.empty((n, d), dtype=Xn.dtype)
+    args = [np.ascontiguousarray(t.numpy().astype(np.int64)) for t in (summed, base, idx, minus, cnt)]
+    args += [Xn.dtype.type(1.0 / k), out]
+    block = 512
+    threads = max(1, min(torch.get_num_threads(), d // 65536))
+    bounds = (np.linspace(0, d // block, threads + 1).astype(np.int64) * block).tolist()
+    bounds[-1] = d
+    if threads == 1:
+        kernel(Xn, *args, 0, d, block)
+    else:
+        jobs: List = [_executor(threads).submit(kernel, Xn, *args, bounds[i], bounds[i + 1], block)
+                      for i in range(threads)]
         for job in jobs:
             job.result()
     return torch.from_numpy(out)

@@ -39,12 +39,18 @@ class NNM(PreAggregator):
     uses_gram = True
     decomposition = "gram-weights"
 
-    def _decide(self, statistic, f):
-        D, _ = statistic
-        return ops.farthest_sets(D, f)
+    def _statistic(self, X, G):
+        if G is None:
+            G = self._gram_over_shards(ops.gram(X))
+        D, _ = ops.sq_distances(X, G, reduce=self._gram_over_shards)
+        return D, torch.diagonal(G).clamp_min(0).sqrt()  # the row norms (of the whole rows, over shards)
 
-    def _apply(self, X, far):
-        return ops.mix_nearest(X, far)
+    def _decide(self, statistic, f):
+        D, norms = statistic
+        return ops.farthest_sets(D, f), norms
+
+    def _apply(self, X, decision):
+        return ops.mix_nearest(X, *decision)
 
 
 @register("bucketing")
