@@ -145,7 +145,13 @@ class SMEA(_SubsetRule):
     are exact, not power-iteration estimates). Exact search while ``C(n, f) <= max_subsets``
     (lowest removed set on ties); beyond, a greedy search removes ``f`` times the input whose
     removal lowers the largest eigenvalue most (no approximation factor is claimed for it).
-    ``last["exact"]`` says which was done.
+    Each greedy round costs one eigendecomposition :math:`K_S = U \Lambda U^\top` of the kept
+    rows' centred Gram matrix, not one per candidate: removing row ``k`` of ``m`` subtracts
+    :math:`\frac{m}{m-1} y_k y_k^\top` from the scatter matrix, with :math:`y_k` at coordinates
+    :math:`\sqrt{\lambda_j} U_{kj}` in its eigenbasis, so the new top eigenvalue is the root of a
+    secular equation in :math:`[\lambda_2, \lambda_1]`, solved for every candidate at once to
+    rounding (removals within ``1e-12`` of the top eigenvalue of each other are ties, won by the
+    lowest index). ``last["exact"]`` says which was done.
 
     References
     ----------
