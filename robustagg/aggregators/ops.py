@@ -9,6 +9,8 @@
   pruned sorting networks on column chunks (``_networks.py``), fused into one
   compiled pass on CPU when numba is present (``_jit.py``); inputs that require a
   gradient take a differentiable ``torch.sort`` path instead.
+* :func:`mix_nearest`: NNM's output as one shared sum with ``f``-sparse corrections, a
+  compiled pass over column blocks (``_jit.py``).
 * :func:`nonfinite_rows`, :func:`row_norms`, :func:`combine_rows`,
   :func:`krum_scores`, :func:`nearest_weights`: the small pieces the rules share.
 """
