@@ -258,6 +258,10 @@ def kernel(X, summed, base, idx, minus, cnt, inv, out, c0, c1, block):
 """
 
 
+#: columns per block of the mixing kernel (``n`` rows of them stay in the core's cache)
+MIX_BLOCK = 512
+
+
 def run_mix_jit(X: torch.Tensor, summed: torch.Tensor, base: torch.Tensor, idx: torch.Tensor,
                 minus: torch.Tensor, cnt: torch.Tensor, k: int) -> torch.Tensor:
     """Evaluate the mixing kernel (``_MIX_SOURCE``) on CPU, float32/float64, columns split over threads."""
@@ -267,7 +271,7 @@ def run_mix_jit(X: torch.Tensor, summed: torch.Tensor, base: torch.Tensor, idx: 
     out = np.empty((n, d), dtype=Xn.dtype)
     args = [np.ascontiguousarray(t.numpy().astype(np.int64)) for t in (summed, base, idx, minus, cnt)]
     args += [Xn.dtype.type(1.0 / k), out]
-    block = 512
+    block = MIX_BLOCK
     threads = max(1, min(torch.get_num_threads(), d // 65536))
     bounds = (np.linspace(0, d // block, threads + 1).astype(np.int64) * block).tolist()
     bounds[-1] = d
