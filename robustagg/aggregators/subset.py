@@ -9,6 +9,7 @@ from __future__ import annotations
 from math import comb
 
 import numpy as np
+import scipy.linalg
 import torch
 
 from robustagg._validation import Integer
@@ -174,7 +175,9 @@ class SMEA(_SubsetRule):
         for _ in range(f):
             m = live.size
             K = ops.centred_gram(torch.from_numpy(Gn[np.ix_(live, live)]), torch.ones(m, dtype=torch.float64))
-            lam, U = (t.numpy() for t in torch.linalg.eigh(K))  # torch's LAPACK: numpy's would start BLAS threads
+            # scipy's LAPACK runs this small problem on one thread; torch's (MKL) may start its
+            # OpenMP threads, whose barrier costs milliseconds per call on a busy machine
+            lam, U = scipy.linalg.eigh(K.numpy(), driver="evd")
             top = _top_eigenvalue_without_each(lam, U, m / (m - 1))
             # equal up to rounding (TIE_RTOL of the current top eigenvalue): the lowest index
             live = np.delete(live, np.flatnonzero(top <= top.min() + TIE_RTOL * max(lam[-1], 0.0))[0])
