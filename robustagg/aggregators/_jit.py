@@ -273,13 +273,16 @@ def run_mix_jit(X: torch.Tensor, summed: torch.Tensor, base: torch.Tensor, idx: 
     args += [Xn.dtype.type(1.0 / k), out]
     block = MIX_BLOCK
     threads = max(1, min(torch.get_num_threads(), d // 65536))
-    bounds = (np.linspace(0, d // block, threads + 1).astype(np.int64) * block).tolist()
+    # four column ranges per thread, taken in turn: a thread that the OS pauses (other jobs on
+    # the machine) delays the call by a quarter of its share, not by all of it
+    parts = 1 if threads == 1 else 4 * threads
+    bounds = (np.linspace(0, d // block, parts + 1).astype(np.int64) * block).tolist()
     bounds[-1] = d
-    if threads == 1:
+    if parts == 1:
         kernel(Xn, *args, 0, d, block)
     else:
         jobs: List = [_executor(threads).submit(kernel, Xn, *args, bounds[i], bounds[i + 1], block)
-                      for i in range(threads)]
+                      for i in range(parts)]
         for job in jobs:
             job.result()
     return torch.from_numpy(out)
