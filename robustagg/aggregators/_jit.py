@@ -5,7 +5,8 @@ values into local variables, runs the pruned network with scalar
 ``min``/``max`` and writes the finished statistic: one read of the input and
 one write of the output, all comparisons in registers (LLVM vectorises the
 column loop). The source goes to a cache directory so numba's on-disk cache
-makes the compile a one-time cost per plan and dtype.
+makes the compile a one-time cost per plan and dtype. NNM's mixing kernel
+(:func:`run_mix_jit`) is generated and cached the same way.
 
 Threads: each kernel releases the GIL; columns are split over
 ``torch.get_num_threads()`` Python threads (no numba threading layer, so the
