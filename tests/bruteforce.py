@@ -222,6 +222,18 @@ def smea(X, f):
     return X[best].mean(axis=0)
 
 
+def smea_greedy(X, f, tie_rtol=1e-12):
+    """SMEA's greedy search: f times, remove the row whose removal leaves the smallest top
+    covariance eigenvalue; removals whose scatter eigenvalues (covariance x count) differ by less
+    than tie_rtol of the current one are ties, won by the lowest index. Returns the kept rows."""
+    S = list(range(X.shape[0]))
+    for _ in range(f):
+        current = top_covariance_eigenvalue(X[S])[0] * len(S)
+        vals = np.array([top_covariance_eigenvalue(X[[j for j in S if j != k]])[0] for k in S]) * (len(S) - 1)
+        S.remove(S[int(np.flatnonzero(vals <= vals.min() + tie_rtol * current)[0])])
+    return S
+
+
 def caf(X, f):
     """Weights c_i = 1; while sum c > n - 2f: mean and covariance under c, tau_i = squared
     projection on the top eigenvector, c_i *= 1 - tau_i / max over weighted tau; the mean of

@@ -103,6 +103,87 @@ def test_row_helpers():
     assert out.dtype == torch.float32 and out.tolist() == [[2.0, 3.0], [1.0, 2.0]]
 
 
+# -- NNM's mixing kernel --------------------------------------------------------------------------
+
+JIT = pytest.mark.skipif(not _jit.available(), reason="numba is not installed (or ROBUSTAGG_JIT=0)")
+
+
+def _mix(X, f, norms=None):
+    D, _ = ops.sq_distances(X)
+    return ops.mix_nearest(X, ops.farthest_sets(D, f), norms)
+
+
+def _mix_cases():
+    """(name, float64 input, f): random rows, integer rows with exact distance ties and repeated
+    rows, and outliers at 1e20 (one cluster and spread out) among rows of norm ~1."""
+    rng = np.random.default_rng(3)
+    cases = []
+    for n, f in [(5, 0), (7, 3), (15, 3), (16, 7)]:
+        cases.append((f"gauss{n}-{f}", rng.standard_normal((n, 33)), f))
+        ties = rng.integers(-1, 2, size=(n, 33)).astype(np.float64)
+        ties[n // 2] = ties[0]
+        cases.append((f"ties{n}-{f}", ties, f))
+    for n, f in [(9, 4), (15, 3), (60, 12)]:
+        X = rng.standard_normal((n, 33))
+        X[:f] = 1e20 * (1 + 1e-3 * rng.standard_normal((f, 33)))  # a tight cluster far away
+        cases.append((f"cluster{n}-{f}", X, f))
+        X = rng.standard_normal((n, 33))
+        X[rng.permutation(n)[:f]] *= 1e20  # each outlier alone
+        cases.append((f"spread{n}-{f}", X, f))
+    X = rng.standard_normal((12, 33))
+    X[6:] += 100.0  # half the rows 100x the others' norm: each half mixes within itself
+    cases.append(("halves", X, 3))
+    return cases
+
+
+@pytest.mark.parametrize("name,X,f", _mix_cases(), ids=[c[0] for c in _mix_cases()])
+@pytest.mark.parametrize("kind", ["jit", "torch"])
+def test_mix_nearest_matches_the_brute_force_definition(backend, name, X, f, kind):
+    """Each output row is the float64 mean of its n - f nearest rows, to rounding of that row's own
+    size: a 1e20 row added into the shared sum and subtracted again would leave errors of ~1e4."""
+    if kind == "jit" and not _jit.available():
+        pytest.skip("numba is not installed (or ROBUSTAGG_JIT=0)")
+    backend(kind)
+    got = _mix(torch.from_numpy(X), f).numpy()
+    want = bf.nnm(X, f)
+    err = np.abs(got - want).max(axis=1) / np.abs(want).max(axis=1)
+    assert err.max() < 1e-13, (err.argmax(), err.max())
+
+
+@JIT
+@pytest.mark.parametrize("scale", [1e10, 1e15])
+def test_mix_nearest_float32_outliers_never_enter_the_shared_sum(backend, scale):
+    """float32 with f outliers far above the median norm, in every honest row's far set: the
+    honest outputs equal the honest mean to float32 rounding (an outlier in the shared sum
+    would cost each of them ~eps * scale, 6e2 to 6e7 here)."""
+    backend("jit")
+    rng = np.random.default_rng(4)
+    n, f = 20, 4
+    X = rng.standard_normal((n, 2000)).astype(np.float32)
+    X[:f] *= np.float32(scale)
+    got = _mix(torch.from_numpy(X), f).numpy()
+    want = bf.nnm(X.astype(np.float64), f)
+    np.testing.assert_allclose(got[f:], want[f:], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(got[:f], want[:f], rtol=1e-5, atol=1e-5 * scale)
+
+
+@JIT
+def test_mix_nearest_jit_thread_split_and_shards_agree_with_the_dense_product(backend):
+    """The compiled kernel over two column ranges (d >= 2 * 65536), a non-contiguous shard, and
+    the decision (far sets, whole-row norms) applied shard by shard, as the robust all-reduce does."""
+    backend("jit")
+    X = torch.from_numpy(np.random.default_rng(6).standard_normal((12, 140_001)))
+    X[2] *= 1e6  # one large row: added explicitly where kept
+    D, _ = ops.sq_distances(X)
+    far, norms = ops.farthest_sets(D, 3), ops.row_norms(X)
+    got = ops.mix_nearest(X, far, norms)
+    shards = torch.cat([ops.mix_nearest(X[:, :70_000], far, norms), ops.mix_nearest(X[:, 70_000:], far, norms)], 1)
+    backend("torch")
+    dense = ops.mix_nearest(X, far)
+    torch.testing.assert_close(got, dense, rtol=1e-12, atol=1e-12 * 1e6)
+    torch.testing.assert_close(shards, got, rtol=1e-12, atol=1e-12 * 1e6)
+
+
 # -- coordinate-wise kernels ---------------------------------------------------------------------
 
 

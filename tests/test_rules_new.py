@@ -117,6 +117,68 @@ def test_mda_and_smea_say_when_they_approximate():
     assert not smea.last["exact"] and len(smea.last["selected"]) == 9
 
 
+def _smea_greedy_cases():
+    """(name, float64 rows, f) with C(n, f) beyond max_subsets=1: random rows, far outliers
+    (one cluster at 1e6, single rows at 1e20), integer rows (many exact ties) and repeated rows."""
+    rng = np.random.default_rng(11)
+    cases = []
+    for i, (n, f, d) in enumerate([(8, 3, 2), (15, 3, 5), (23, 7, 4), (40, 8, 12), (60, 12, 3)]):
+        X = rng.standard_normal((n, d))
+        cases.append((f"gauss{n}", X.copy(), f))
+        X[:f] = 1e6 * (1 + 0.01 * rng.standard_normal((f, d)))
+        cases.append((f"cluster{n}", X.copy(), f))
+        X[:f] = rng.standard_normal((f, d))
+        X[rng.permutation(n)[: f - 1]] *= 1e20
+        cases.append((f"spread{n}", X.copy(), f))
+        cases.append((f"ties{n}", rng.integers(-1, 2, size=(n, d)).astype(np.float64), f))
+        X = rng.standard_normal((n, d))
+        X[1 : n // 3] = X[0]
+        cases.append((f"repeated{n}", X, f))
+    return cases
+
+
+@pytest.mark.parametrize("name,X,f", _smea_greedy_cases(), ids=[c[0] for c in _smea_greedy_cases()])
+def test_smea_greedy_selects_as_the_brute_force_greedy(name, X, f):
+    """The greedy path (rank-one removals through the secular equation) keeps the rows the
+    definition keeps, computed from d x d covariances; ties (integer rows, repeated rows) go to
+    the lowest index, which an argmin over separately rounded eigenvalues does not guarantee."""
+    rule = ra.get("smea", f=f, max_subsets=1)
+    out = rule(X)
+    want = bf.smea_greedy(X, f)
+    assert not rule.last["exact"] and rule.last["selected"] == want
+    close(out, X[want].mean(axis=0))
+
+
+@pytest.mark.parametrize("m,kind", [(2, "gauss"), (9, "gauss"), (60, "gauss"), (30, "outliers"), (30, "repeated"),
+                                    (12, "rank1"), (7, "zero")])
+def test_top_eigenvalue_without_each_row_matches_eigvalsh(m, kind):
+    """The secular-equation solve against one eigvalsh per removal, to rounding of the top eigenvalue
+    (a repeated top eigenvalue, a zero matrix, rank one, 1e8-sized rows)."""
+    from robustagg.aggregators.subset import _top_eigenvalue_without_each
+
+    rng = np.random.default_rng(m)
+    X = rng.standard_normal((m, 5))
+    if kind == "outliers":
+        X[:3] *= 1e8
+    elif kind == "repeated":  # two orthogonal groups of the same spread: a repeated top eigenvalue
+        X = np.zeros((m, 5))
+        X[: m // 2, 0] = X[m // 2 :, 1] = np.tile([1.0, -1.0], m // 4 + 1)[: m // 2]
+    elif kind == "rank1":
+        X = np.outer(rng.standard_normal(m), rng.standard_normal(5))
+    elif kind == "zero":
+        X = np.zeros((m, 5))
+    G = torch.from_numpy(X @ X.T)
+    K = ops.centred_gram(G, torch.ones(m, dtype=torch.float64))
+    lam, U = (t.numpy() for t in torch.linalg.eigh(K))
+    got = _top_eigenvalue_without_each(lam, U, m / (m - 1))
+    want = []
+    for k in range(m):
+        keep = torch.ones(m, dtype=torch.float64)
+        keep[k] = 0
+        want.append(float(torch.linalg.eigvalsh(ops.centred_gram(G, keep))[-1]))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13 * max(lam[-1], 1e-300))
+
+
 @pytest.mark.parametrize("name", NEW)
 @pytest.mark.parametrize("seed", [0, 1])
 def test_f_far_outliers_have_bounded_influence(name, seed):

@@ -5,7 +5,8 @@ values into local variables, runs the pruned network with scalar
 ``min``/``max`` and writes the finished statistic: one read of the input and
 one write of the output, all comparisons in registers (LLVM vectorises the
 column loop). The source goes to a cache directory so numba's on-disk cache
-makes the compile a one-time cost per plan and dtype.
+makes the compile a one-time cost per plan and dtype. NNM's mixing kernel
+(:func:`run_mix_jit`) is generated and cached the same way.
 
 Threads: each kernel releases the GIL; columns are split over
 ``torch.get_num_threads()`` Python threads (no numba threading layer, so the
@@ -122,7 +123,11 @@ def _source(plan: Plan) -> str:
 
 
 def _load(plan: Plan) -> Callable:
-    src = _source(plan)
+    return _compile(_source(plan))
+
+
+def _compile(src: str) -> Callable:
+    """The function ``kernel`` of the numba source ``src``, cached on disk by its digest."""
     import numba
 
     digest = hashlib.sha1((src + numba.__version__).encode()).hexdigest()[:16]
@@ -191,6 +196,106 @@ def run_plan_jit(X: torch.Tensor, plan: Plan, rows: Optional[torch.Tensor] = Non
             _executor(threads).submit(kernel, Xn, row_ids, out, int(bounds[i]), int(bounds[i + 1]), half, inv)
             for i in range(threads)
         ]
+        for job in jobs:
+            job.result()
+    return torch.from_numpy(out)
+
+
+def _mix_source() -> str:
+    """NNM's mixing kernel (:func:`robustagg.aggregators.ops.mix_nearest`). On each block of
+    columns: ``s``, the sum of the rows ``summed``; then output row ``i`` is ``(s if base[i] else
+    0)`` minus the rows ``idx[i, :minus[i]]`` plus the rows ``idx[i, minus[i]:cnt[i]]``, times
+    ``inv``. The block (``n`` rows) stays in cache, so the input is read from memory once and the
+    output written once. ``combine`` adds up to four rows to a partial sum in one pass, written
+    out for each count, sign and final scaling, so that every loop is a plain vector loop; partial
+    sums alternate between two buffers (a loop that reads and writes one buffer through two names
+    would not be vectorised)."""
+    lines = [
+        "import numpy as np",
+        "from numba import njit",
+        "",
+        "",
+        "@njit(nogil=True, cache=CACHE, boundscheck=False)",
+        "def combine(dst, src, X, rows, t, k, b0, b1, negative, scale, last):",
+    ]
+    for k in (4, 3, 2, 1, 0):
+        lines.append("    " + ("if k == 4:" if k == 4 else f"elif k == {k}:" if k else "else:"))
+        lines += [f"        x{r} = X[rows[t + {r}], b0:b1]" for r in range(k)]
+        terms = {4: "((x0[j] + x1[j]) + (x2[j] + x3[j]))", 3: "((x0[j] + x1[j]) + x2[j])",
+                 2: "(x0[j] + x1[j])", 1: "x0[j]"}.get(k)
+        for neg in ((True, False) if k else (False,)):
+            for last in (True, False):
+                expr = "src[j]" if not k else f"src[j] {'-' if neg else '+'} {terms}"
+                expr = f"({expr}) * scale" if last else expr
+                cond = " and ".join(c for c in (("negative" if neg else "not negative") if k else "", "last" if last else "not last") if c)
+                lines += [f"        if {cond}:", "            for j in range(b1 - b0):", f"                dst[j] = {expr}"]
+    lines += [
+        "",
+        "",
+        "@njit(nogil=True, cache=CACHE, boundscheck=False)",
+        "def kernel(X, summed, base, idx, minus, cnt, inv, out, c0, c1, block):",
+        "    buf = np.zeros((5, block), dtype=X.dtype)  # 0-1: the shared sum, 2-3: partial sums, 4: zeros",
+        "    m = summed.shape[0]",
+        "    for b0 in range(c0, c1, block):",
+        "        b1 = min(b0 + block, c1)",
+        "        w = b1 - b0",
+        "        zero = buf[4, :w]",
+        "        s = zero",
+        "        p = 0",
+        "        for t in range(0, m, 4):",
+        "            dst = buf[p, :w]",
+        "            combine(dst, s, X, summed, t, min(4, m - t), b0, b1, False, inv, False)",
+        "            s = dst",
+        "            p = 1 - p",
+        "        for i in range(X.shape[0]):",
+        "            o = out[i, b0:b1]",
+        "            src = s if base[i] else zero",
+        "            c = cnt[i]",
+        "            mi = minus[i]",
+        "            rows = idx[i]",
+        "            if c == 0:",
+        "                combine(o, src, X, rows, 0, 0, b0, b1, False, inv, True)",
+        "            p = 2",
+        "            t = 0",
+        "            while t < c:",
+        "                k = min(4, (mi if t < mi else c) - t)",
+        "                if t + k >= c:",
+        "                    combine(o, src, X, rows, t, k, b0, b1, t < mi, inv, True)",
+        "                else:",
+        "                    dst = buf[p, :w]",
+        "                    combine(dst, src, X, rows, t, k, b0, b1, t < mi, inv, False)",
+        "                    src = dst",
+        "                    p = 5 - p",
+        "                t += k",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+#: bytes of input per block of the mixing kernel (``n`` rows of a block stay in the core's L2 cache)
+MIX_BLOCK_BYTES = 1 << 19
+
+
+def run_mix_jit(X: torch.Tensor, summed: torch.Tensor, base: torch.Tensor, idx: torch.Tensor,
+                minus: torch.Tensor, cnt: torch.Tensor, k: int) -> torch.Tensor:
+    """Evaluate the mixing kernel (:func:`_mix_source`) on CPU, float32/float64, columns split over threads."""
+    kernel = _compile(_mix_source())
+    Xn = X.detach().numpy()
+    n, d = Xn.shape
+    out = np.empty((n, d), dtype=Xn.dtype)
+    args = [np.ascontiguousarray(t.numpy().astype(np.int64)) for t in (summed, base, idx, minus, cnt)]
+    args += [Xn.dtype.type(1.0 / k), out]
+    block = 1 << max(8, min(12, (MIX_BLOCK_BYTES // (n * Xn.itemsize)).bit_length() - 1))  # 256 .. 4096 columns
+    threads = max(1, min(torch.get_num_threads(), d // 65536))
+    # four column ranges per thread, taken in turn: a thread that the OS pauses (other jobs on
+    # the machine) delays the call by a quarter of its share, not by all of it
+    parts = 1 if threads == 1 else 4 * threads
+    bounds = (np.linspace(0, d // block, parts + 1).astype(np.int64) * block).tolist()
+    bounds[-1] = d
+    if parts == 1:
+        kernel(Xn, *args, 0, d, block)
+    else:
+        jobs: List = [_executor(threads).submit(kernel, Xn, *args, bounds[i], bounds[i + 1], block)
+                      for i in range(parts)]
         for job in jobs:
             job.result()
     return torch.from_numpy(out)

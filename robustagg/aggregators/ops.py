@@ -9,6 +9,8 @@
   pruned sorting networks on column chunks (``_networks.py``), fused into one
   compiled pass on CPU when numba is present (``_jit.py``); inputs that require a
   gradient take a differentiable ``torch.sort`` path instead.
+* :func:`mix_nearest`: NNM's output as one shared sum with ``f``-sparse corrections, a
+  compiled pass over column blocks (``_jit.py``).
 * :func:`nonfinite_rows`, :func:`row_norms`, :func:`combine_rows`,
   :func:`krum_scores`, :func:`nearest_weights`: the small pieces the rules share.
 """
@@ -368,14 +370,36 @@ def farthest_sets(D: torch.Tensor, f: int) -> torch.Tensor:
     return torch.sort(keyed, dim=1, stable=True).indices[:, n - f :]
 
 
-def mix_nearest(X: torch.Tensor, far: torch.Tensor) -> torch.Tensor:
-    r"""Row ``i``: the mean of the rows not in ``far[i]``, as one ``(n x n) @ (n x d)`` product.
+#: Rows whose norm exceeds this multiple of the median row norm never enter :func:`mix_nearest`'s
+#: shared sum (a row of norm ``R`` in it costs every output ``~eps R`` of rounding).
+MIX_NORM_RATIO = 4.0
 
-    The ``f``-sparse form (the sum of all rows minus the ``f`` far ones, ``O(n f d)``) was measured
-    slower on CPU than this dense product, which BLAS runs at full speed (n = 60, f = 12,
-    d = 1e6, float32: dense 97 ms, torch CSR sparse product 405 ms, row-by-row corrections
-    715 ms, ``X @ X.T`` 83 ms); the dense product also never subtracts a large row from a sum."""
+
+def mix_nearest(X: torch.Tensor, far: torch.Tensor, norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    r"""Row ``i``: the mean of the ``n - f`` rows not in ``far[i]`` (``far`` from :func:`farthest_sets`).
+
+    ``O(n f d)``, not an ``(n x n) @ (n x d)`` product: with :math:`S` the sum of the *small* rows
+    (norm at most ``MIX_NORM_RATIO`` times the median of ``norms``, the row norms, computed when
+    not given), :math:`y_i = (S - \sum_{j \in F_i,\, j \text{ small}} x_j + \sum_{j \notin F_i,\,
+    j \text{ large}} x_j) / (n - f)`, or the plain sum of the ``n - f`` kept rows where that has
+    fewer terms. A large row (an outlier) is thus never added into a sum it is later subtracted
+    from: the rounding of every output stays that of sums of rows at most ``MIX_NORM_RATIO``
+    times the median norm. One compiled pass over column blocks (CPU, float32/64, numba); the
+    dense product otherwise (GPU, 16-bit floats, gradients, small inputs)."""
     n, f = far.shape
-    W = torch.ones((n, n), dtype=torch.float64, device=X.device)
-    W.scatter_(1, far.to(X.device), 0.0)
-    return combine_rows(W / (n - f), X)
+    kept = torch.ones((n, n), dtype=torch.bool)
+    kept.scatter_(1, far.cpu(), False)
+    use_jit = (_backend != "torch" and X.device.type == "cpu" and X.dtype in (torch.float32, torch.float64)
+               and not X.requires_grad and _jit.available() and (_backend == "jit" or X.numel() >= JIT_MIN_ENTRIES))
+    if not use_jit:
+        return combine_rows(kept.to(torch.float64) / (n - f), X)
+    norms = (row_norms(X) if norms is None else norms).detach().cpu().to(torch.float64)
+    large = ~(norms <= MIX_NORM_RATIO * norms.median())  # NaN / inf norms count as large
+    # terms of row i from S: the small far rows (-1) and the large kept rows (+1)
+    from_sum = (~kept & ~large) | (kept & large)
+    base = from_sum.sum(dim=1) < n - f
+    terms = torch.where(base[:, None], from_sum, kept)
+    key = torch.where(terms, kept.to(torch.int8), 2)  # subtracted rows first, then added ones
+    idx = torch.argsort(key, dim=1, stable=True)[:, : max(int(terms.sum(dim=1).max()), 1)]
+    summed = torch.nonzero(~large if bool(base.any()) else torch.zeros(n, dtype=torch.bool)).flatten()
+    return _jit.run_mix_jit(X, summed, base, idx, (terms & ~kept).sum(dim=1), terms.sum(dim=1), n - f)

@@ -19,12 +19,17 @@ class NNM(PreAggregator):
     .. math:: y_i = \frac{1}{n-f} \sum_{j \in N_i} x_j
 
     where :math:`N_i` holds :math:`x_i` itself and its ``n - f - 1`` nearest other inputs
-    (Euclidean; lower index on ties). One Gram matrix, then one ``(n x n) @ (n x d)``
-    product whose row ``i`` leaves out the ``f`` inputs outside :math:`N_i`. The ``f``-sparse
-    form :math:`y_i = (\sum_j x_j - \sum_{j \notin N_i} x_j) / (n - f)` (``O(n f d)`` flops)
-    was measured slower on CPU than the dense product BLAS runs (see
-    :func:`~robustagg.aggregators.ops.mix_nearest`), and it would subtract far outliers from a
-    sum that holds them; the dense product is kept.
+    (Euclidean; lower index on ties). One Gram matrix gives the distances and the row norms;
+    the output then needs only an ``f``-sparse correction of one shared sum,
+
+    .. math:: y_i = \frac{1}{n-f} \Big(S - \sum_{j \notin N_i,\, j \in A} x_j
+              + \sum_{j \in N_i,\, j \notin A} x_j\Big), \quad S = \sum_{j \in A} x_j,
+
+    where :math:`A` holds the inputs of norm at most 4 times the median norm (``O(n f d)``
+    additions, not the ``O(n^2 d)`` of an ``(n x n) @ (n x d)`` product; a row uses the plain sum
+    of :math:`N_i` where that has fewer terms). An outlier is never added into :math:`S` and
+    subtracted again, so no output loses digits to one. See
+    :func:`~robustagg.aggregators.ops.mix_nearest`.
 
     References
     ----------
@@ -39,12 +44,18 @@ class NNM(PreAggregator):
     uses_gram = True
     decomposition = "gram-weights"
 
-    def _decide(self, statistic, f):
-        D, _ = statistic
-        return ops.farthest_sets(D, f)
+    def _statistic(self, X, G):
+        if G is None:
+            G = self._gram_over_shards(ops.gram(X))
+        D, _ = ops.sq_distances(X, G, reduce=self._gram_over_shards)
+        return D, torch.diagonal(G).clamp_min(0).sqrt()  # the row norms (of the whole rows, over shards)
 
-    def _apply(self, X, far):
-        return ops.mix_nearest(X, far)
+    def _decide(self, statistic, f):
+        D, norms = statistic
+        return ops.farthest_sets(D, f), norms
+
+    def _apply(self, X, decision):
+        return ops.mix_nearest(X, *decision)
 
 
 @register("bucketing")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from math import comb
 
+import numpy as np
+import scipy.linalg
 import torch
 
 from robustagg._validation import Integer
@@ -17,6 +19,10 @@ from robustagg.aggregators.registry import register
 
 #: default largest number of size-``(n - f)`` subsets MDA and SMEA enumerate exactly.
 MAX_SUBSETS = 20_000
+#: SMEA's greedy search treats removals whose top eigenvalues differ by less than this fraction
+#: of the current top eigenvalue as ties (then the lowest index): their computed values differ
+#: by rounding alone, so which one is smaller is not a property of the inputs.
+TIE_RTOL = 1e-12
 
 
 @register("cge", "comparative-gradient-elimination")
@@ -140,7 +146,13 @@ class SMEA(_SubsetRule):
     are exact, not power-iteration estimates). Exact search while ``C(n, f) <= max_subsets``
     (lowest removed set on ties); beyond, a greedy search removes ``f`` times the input whose
     removal lowers the largest eigenvalue most (no approximation factor is claimed for it).
-    ``last["exact"]`` says which was done.
+    Each greedy round costs one eigendecomposition :math:`K_S = U \Lambda U^\top` of the kept
+    rows' centred Gram matrix, not one per candidate: removing row ``k`` of ``m`` subtracts
+    :math:`\frac{m}{m-1} y_k y_k^\top` from the scatter matrix, with :math:`y_k` at coordinates
+    :math:`\sqrt{\lambda_j} U_{kj}` in its eigenbasis, so the new top eigenvalue is the root of a
+    secular equation in :math:`[\lambda_2, \lambda_1]`, solved for every candidate at once to
+    rounding (removals within ``1e-12`` of the top eigenvalue of each other are ties, won by the
+    lowest index). ``last["exact"]`` says which was done.
 
     References
     ----------
@@ -158,10 +170,55 @@ class SMEA(_SubsetRule):
 
     def _approximate(self, D, G, f):
         n = D.shape[0]
-        keep = torch.ones(n, dtype=torch.bool, device=D.device)
+        live = np.arange(n)
+        Gn = G.cpu().numpy()
         for _ in range(f):
-            live = torch.nonzero(keep).flatten()
-            trial = keep.expand(live.numel(), -1).clone()
-            trial[torch.arange(live.numel()), live] = False
-            keep = trial[ops.lexicographic_argmin(*self._scores(D, G, trial))]
+            m = live.size
+            K = ops.centred_gram(torch.from_numpy(Gn[np.ix_(live, live)]), torch.ones(m, dtype=torch.float64))
+            # scipy's LAPACK runs this small problem on one thread; torch's (MKL) may start its
+            # OpenMP threads, whose barrier costs milliseconds per call on a busy machine
+            lam, U = scipy.linalg.eigh(K.numpy(), driver="evd")
+            top = _top_eigenvalue_without_each(lam, U, m / (m - 1))
+            # equal up to rounding (TIE_RTOL of the current top eigenvalue): the lowest index
+            live = np.delete(live, np.flatnonzero(top <= top.min() + TIE_RTOL * max(lam[-1], 0.0))[0])
+        keep = torch.zeros(n, dtype=torch.bool, device=D.device)
+        keep[torch.from_numpy(live).to(D.device)] = True
         return keep
+
+
+def _top_eigenvalue_without_each(lam: np.ndarray, U: np.ndarray, c: float) -> np.ndarray:
+    r"""For every row ``k``: the largest eigenvalue of :math:`\Lambda - c\, z_k z_k^\top`, where
+    :math:`K = U \Lambda U^\top` (``lam`` ascending) and :math:`z_{kj} = \sqrt{\lambda_j} U_{kj}`.
+
+    With ``K`` the centred Gram matrix of ``m`` rows, their scatter matrix :math:`M` has the same
+    nonzero eigenvalues and row ``k`` has the coordinates :math:`z_k` in :math:`M`'s eigenbasis;
+    removing row ``k`` leaves the scatter :math:`M - \frac{m}{m-1} y_k y_k^\top`. Its top eigenvalue
+    :math:`t` lies in :math:`[\max(\lambda_2, \lambda_1 - c z_{k1}^2), \lambda_1]` and solves
+    :math:`R(t) = \lambda_1 - t - c z_{k1}^2 / (1 - \phi(t)) = 0` with
+    :math:`\phi(t) = c \sum_{j \ge 2} z_{kj}^2 / (\lambda_j - t)` (the secular equation, written
+    without its pole at :math:`\lambda_1`; :math:`R` decreases). Newton steps from
+    :math:`\lambda_1`, kept inside a shrinking bracket, for every ``k`` at once."""
+    lam = np.clip(lam, 0.0, None)
+    m = lam.size
+    top = lam[-1]
+    if m == 1 or lam[-2] >= top:  # one row, or a repeated top eigenvalue that a rank-one change keeps
+        return np.full(m, top)
+    Z2 = c * U**2 * lam  # (m, m): c z_kj^2
+    z1, Zr, rest = Z2[:, -1], Z2[:, :-1], lam[None, :-1]
+    lo = np.maximum(lam[-2], top - z1)
+    hi = np.full(m, top)
+    t = hi.copy()
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for _ in range(100):
+            r = 1.0 / (rest - t[:, None])
+            q = 1.0 - (Zr * r).sum(axis=1)
+            R = (top - t) - z1 / q
+            dR = -1.0 - z1 * (Zr * r * r).sum(axis=1) / (q * q)
+            lo = np.where(R > 0, t, lo)
+            hi = np.where(R > 0, hi, t)
+            new = t - R / dR
+            new = np.where((new >= lo) & (new <= hi), new, lo + 0.5 * (hi - lo))
+            if np.all(np.abs(new - t) <= 4 * np.finfo(float).eps * top):
+                break
+            t = new
+    return np.clip(new, lo, hi)
