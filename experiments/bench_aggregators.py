@@ -42,9 +42,8 @@ NEW_NOTE = (
     "past 5,000 subsets (n = 60, f = 12: C(60, 12) ~ 1.4e12). blades (PyPI 0.1.1234, the only release) ships "
     "no aggregator modules (its ClippedClustering, DnC and FLTrust live in the repository's `fllib`) and pins "
     "torchvision 0.15 (it would replace torch): no blades column. FLTrust is timed with a given reference "
-    "vector; DnC with its defaults (sub_dim 10,000, 5 rounds). The 2-core machine was shared with other "
-    "jobs during the run (the benchmark ran under `nice`): ratios to the floors are from the same run, "
-    "absolute times vary between runs by up to ~3x."
+    "vector; DnC with its defaults (sub_dim 10,000, 5 rounds). Ratios to the floors are from the same run; "
+    "absolute times vary between runs (the machine is a VM), by up to ~3x when other jobs share the cores."
 )
 #: ByzFL enumerates every subset for these: not run beyond this many
 PEER_MAX_SUBSETS = 5000
@@ -229,7 +228,8 @@ def markdown(results: List[Dict], peers: bool) -> str:
     if not peers:
         lines.append("ByzFL was not installed for this run: its columns are empty.")
     if any(r["rule"] in NEW_RULES[1:] for res in results for r in res["rows"]):
-        lines += ["", NEW_NOTE]
+        lines += ["", NEW_NOTE + f" Load average when the run finished: {os.getloadavg()[0]:.1f} "
+                  f"(the benchmark itself keeps up to {torch.get_num_threads()} threads busy)."]
     return "\n".join(lines) + "\n"
 
 
