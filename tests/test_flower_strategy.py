@@ -20,107 +20,18 @@ Where RobustStrategy and Flower's own strategies agree and where they cannot:
 
 from __future__ import annotations
 
-import inspect
 import logging
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedTrimmedAvg, Krum, MultiKrum
-from flwr.supercore.task_identity import TaskIdentity
 
 import robustagg as ra
 from federated import RobustStrategy
-from federated._updates import Layout
-
-SHAPES = {"conv.weight": (4, 3), "conv.bias": (4,), "fc.weight": (2, 4)}
-NODES = [101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111]
-
-
-@pytest.fixture(autouse=True)
-def task_identity(monkeypatch):
-    """Messages need a run id outside of a Flower run (run_simulation sets these)."""
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-
-
-class FakeGrid:
-    def __init__(self, nodes):
-        self.nodes = list(nodes)
-
-    def get_node_ids(self):
-        return list(self.nodes)
-
-
-def make_global(seed=0, buffer=True):
-    rng = np.random.default_rng(seed)
-    arrays = {k: Array(rng.standard_normal(s).astype(np.float32)) for k, s in SHAPES.items()}
-    if buffer:
-        arrays["bn.num_batches_tracked"] = Array(np.array(7, dtype=np.int64))
-    return ArrayRecord(arrays)
-
-
-def flat(record):
-    return np.concatenate([record[k].numpy().ravel() for k in SHAPES])
-
-
-def reply_arrays(glob, update):
-    """The arrays a client sends: global + update, per key, in float32."""
-    out, o = {}, 0
-    for k, s in SHAPES.items():
-        size = int(np.prod(s))
-        out[k] = Array((glob[k].numpy() + update[o:o + size].reshape(s)).astype(np.float32))
-        o += size
-    if "bn.num_batches_tracked" in glob:
-        out["bn.num_batches_tracked"] = Array(np.array(9, dtype=np.int64))
-    return ArrayRecord(out)
-
-
-def reply(node, arrays=None, metrics=None, error=None, extra_records=None):
-    instruction = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}), dst_node_id=node,
-                          message_type="train")
-    if error is not None:
-        return Message(Error(code=0, reason=error), reply_to=instruction)
-    content = {}
-    if arrays is not None:
-        content["arrays"] = arrays
-    content["metrics"] = MetricRecord({"num-examples": 10} if metrics is None else metrics)
-    content.update(extra_records or {})
-    return Message(RecordDict(content), reply_to=instruction)
-
-
-def replies_for(glob, U, nodes=None, metrics=None):
-    nodes = NODES[: len(U)] if nodes is None else nodes
-    return [reply(node, reply_arrays(glob, u), None if metrics is None else metrics[i])
-            for i, (node, u) in enumerate(zip(nodes, U))]
-
-
-def expected_updates(glob, U):
-    """What the server sees: decoded float32 replies minus the float32 global."""
-    return np.stack([flat(reply_arrays(glob, u)) for u in U]) - flat(glob)
-
-
-def updates(n, seed=1, scale=0.1):
-    d = sum(int(np.prod(s)) for s in SHAPES.values())
-    return (scale * np.random.default_rng(seed).standard_normal((n, d))).astype(np.float32)
-
-
-def run_round(strategy, glob, replies, rnd=1):
-    strategy.set_global(glob)
-    return strategy.aggregate_train(rnd, replies)
-
-
-def _rule(name, f):
-    factory = ra.aggregators.REGISTRY.resolve(name)
-    params = {"f": f}
-    if "seed" in inspect.signature(factory).parameters:
-        params["seed"] = 0
-    rule = ra.get(name, **params)
-    if isinstance(rule, ra.PreAggregator):
-        rule = ra.pipeline(rule, ra.get("trimmed-mean", f=f if name != "bucketing" else 1))
-    return rule
+from flower_mocks import (NODES, SHAPES, FakeGrid, _rule, expected_updates, flat,  # noqa: F401
+                          make_global, reply, reply_arrays, replies_for, run_round, task_identity, updates)
 
 
 # --------------------------------------------------------------------- equality with robustagg
@@ -374,65 +285,3 @@ def test_logs_per_client_weights_when_exposed():
     run_round(strategy, glob, replies_for(glob, U))
     weights = strategy.history[-1]["weights"]
     assert set(weights) == set(NODES[:7]) and abs(sum(weights.values()) - 1) < 1e-4
-
-
-# --------------------------------------------------------------------- anarchic modes
-def test_afa_cd_averages_per_step_updates():
-    glob, U = make_global(), updates(4)
-    steps = [{"num-examples": 5, "local-steps": k} for k in (1, 2, 4, 8)]
-    strategy = RobustStrategy("mean", mode="afa-cd", server_lr=3.0)
-    arrays, _ = run_round(strategy, glob, replies_for(glob, U, metrics=steps))
-    E = expected_updates(glob, U) / np.array([1, 2, 4, 8], dtype=np.float32)[:, None]
-    np.testing.assert_allclose(flat(arrays), flat(glob) + 3.0 * E.mean(axis=0), atol=1e-6)
-
-
-@pytest.mark.parametrize("bad", [0, -1, float("nan"), [1, 2]])
-def test_afa_rejects_invalid_local_steps(bad):
-    glob, U = make_global(), updates(4)
-    metrics = [{"num-examples": 5, "local-steps": bad}] + [{"num-examples": 5, "local-steps": 2}] * 3
-    strategy = RobustStrategy("mean", mode="afa-cd")
-    run_round(strategy, glob, replies_for(glob, U, metrics=metrics))
-    assert "local-steps" in strategy.history[-1]["rejected"][NODES[0]]
-
-
-def test_afa_cs_keeps_the_latest_update_of_every_known_node():
-    glob = make_global()
-    U = updates(4, seed=11)
-    strategy = RobustStrategy("mean", mode="afa-cs")
-    strategy.configure_train(1, glob, ConfigRecord(), FakeGrid(NODES[:4]))
-    a1, _ = strategy.aggregate_train(1, replies_for(glob, U[:2], nodes=NODES[:2]))
-    E1 = expected_updates(glob, U[:2])
-    np.testing.assert_allclose(flat(a1), flat(glob) + E1.sum(axis=0) / 4, atol=1e-6)  # M = 4, two zeros
-    strategy.configure_train(2, a1, ConfigRecord(), FakeGrid(NODES[:4]))
-    a2, _ = strategy.aggregate_train(2, replies_for(a1, U[2:3], nodes=NODES[2:3]))
-    E2 = expected_updates(a1, U[2:3])
-    np.testing.assert_allclose(flat(a2), flat(a1) + (E1.sum(axis=0) + E2[0]) / 4, atol=1e-6)
-    strategy.configure_train(3, a2, ConfigRecord(), FakeGrid(NODES[:4]))
-    a3, _ = strategy.aggregate_train(3, [])  # nobody arrives: the stored updates still move the model
-    np.testing.assert_allclose(flat(a3), flat(a2) + (E1.sum(axis=0) + E2[0]) / 4, atol=1e-6)
-    assert strategy.history[-1]["accepted"] == []
-
-
-def test_afa_cs_store_grows_with_late_nodes_and_survives_in_place_clipping():
-    # the store is kept across rounds: a node first seen in round 2 gets a new row, and a stage
-    # that scales its input in place (clipping, inplace=True) must not rewrite the stored updates
-    glob = make_global()
-    U = updates(4, seed=12)
-    rule = ra.pipeline(ra.get("clipping", c=1e-3, inplace=True), ra.get("mean"))
-    strategy = RobustStrategy(rule, mode="afa-cs")
-    strategy.configure_train(1, glob, ConfigRecord(), FakeGrid(NODES[:2]))
-    a1, _ = strategy.aggregate_train(1, replies_for(glob, U[:2], nodes=NODES[:2]))
-    E1 = expected_updates(glob, U[:2])
-    np.testing.assert_allclose(strategy._store[:2].numpy(), E1, rtol=1e-6)
-    strategy.configure_train(2, a1, ConfigRecord(), FakeGrid(NODES[:4]))
-    strategy.aggregate_train(2, replies_for(a1, U[2:4], nodes=NODES[2:4]))
-    E2 = expected_updates(a1, U[2:4])
-    np.testing.assert_allclose(strategy._store[:4].numpy(), np.concatenate([E1, E2]), rtol=1e-6)
-
-
-def test_layout_fast_and_slow_decoding_agree():
-    glob = make_global()
-    layout = Layout(glob)
-    fortran = ArrayRecord({k: Array(np.array(glob[k].numpy(), order="F")) for k in glob.keys()})
-    np.testing.assert_array_equal(layout.flatten(fortran), layout.flatten(glob))
-    assert layout.d == sum(int(np.prod(s)) for s in SHAPES.values()) and layout.float_keys == list(SHAPES)
