@@ -77,9 +77,8 @@ class DistributedParameterServer(ParameterServer):
         Whether rank 0 also computes a block of workers (default; turn it off when the server
         should only aggregate, e.g. one GPU per worker rank).
     timeout : float, optional
-        Seconds each collective waits for the other ranks before raising
-        :class:`~robustagg.collective.CollectiveError` (default: the process group's timeout;
-        the checkpoint's collection and the resume's broadcast always wait that long).
+        Seconds a collective waits for the other ranks before raising
+        :class:`~robustagg.collective.CollectiveError` (default, and for object collectives: the group's).
     **kwargs
         ``dataset``, ``aggregator``, ``attack`` as for :class:`~robustagg.train.ParameterServer`.
 
@@ -351,8 +350,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             trainer = AllReduceTrainer(cfg, timeout=args.timeout)
         else:
-            trainer = DistributedParameterServer(cfg, server_computes=not args.no_server_compute,
-                                                 timeout=args.timeout)
+            trainer = DistributedParameterServer(cfg, server_computes=not args.no_server_compute, timeout=args.timeout)
         cli.default_threads(trainer, args)
         if trainer.rank == 0:
             print(f"robustagg.train.distributed: {trainer.world} rank(s), backend {backend}; workers per rank: "
