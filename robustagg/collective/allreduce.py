@@ -26,9 +26,10 @@ all-reduce of ``d`` values. See docs/collective.md.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import zlib
-from typing import Any, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -36,7 +37,8 @@ import torch.distributed as dist
 from robustagg.aggregators.base import Aggregator
 from robustagg.aggregators.pipeline import Pipeline
 
-__all__ = ["CollectiveError", "ShardComm", "robust_all_reduce", "shard_bounds"]
+__all__ = ["CollectiveError", "ShardComm", "guard_collective", "robust_all_reduce", "shard_bounds",
+           "wait_collective"]
 
 
 class CollectiveError(RuntimeError):
@@ -80,7 +82,7 @@ class ShardComm:
         self.floats = 0  # the values all-reduced
 
     def _wait(self, work, what: str) -> None:
-        _wait(work, what, self.timeout)
+        wait_collective(work, what, self.timeout)
 
     def sum(self, partial: torch.Tensor) -> torch.Tensor:
         """The sum of ``partial`` over every rank (same shape, dtype and device)."""
@@ -102,18 +104,48 @@ class ShardComm:
         return torch.nonzero(self.sum(mask) > 0).flatten().to(rows.device)
 
 
-def _wait(work, what: str, timeout: Optional[datetime.timedelta]) -> None:
+@contextlib.contextmanager
+def guard_collective(what: str, timeout: Optional[datetime.timedelta] = None,
+                     who: str = "robust_all_reduce") -> Iterator[None]:
+    """Turn a collective that fails inside the block into one :class:`CollectiveError` line.
+
+    gloo and NCCL raise a ``RuntimeError`` (or its subclass ``DistBackendError``) with a
+    multi-line message when a peer closed its connection (it died) or did not answer within
+    the timeout (it hangs); the error raised instead names this rank, ``what`` it was doing
+    and ``timeout``, and keeps the first line of the backend's message. Shared by
+    :func:`robust_all_reduce` and both topologies of :mod:`robustagg.train.distributed`.
+
+    Parameters
+    ----------
+    what : str
+        The collective, as in "during the <what>".
+    timeout : datetime.timedelta, optional
+        The timeout the collective waited for (only named in the message).
+    who : str
+        The message's prefix (the caller).
+    """
     try:
+        yield
+    except CollectiveError:
+        raise
+    except RuntimeError as exc:
+        after = f" (timeout {timeout.total_seconds():g} s)" if timeout is not None else ""
+        first = str(exc).splitlines()[0][:200] if str(exc) else ""
+        raise CollectiveError(
+            f"{who}: rank {dist.get_rank()} lost contact with the group during the {what}{after}: "
+            f"a rank died, hangs or called a different collective ({type(exc).__name__}: {first})"
+        ) from exc
+
+
+def wait_collective(work, what: str, timeout: Optional[datetime.timedelta] = None,
+                    who: str = "robust_all_reduce") -> None:
+    """Wait for an ``async_op=True`` collective ``work`` at most ``timeout`` (default: the
+    process group's), raising :class:`CollectiveError` as :func:`guard_collective` does."""
+    with guard_collective(what, timeout, who):
         if timeout is None:
             work.wait()
         else:
             work.wait(timeout=timeout)
-    except Exception as exc:  # gloo/NCCL raise RuntimeError or DistBackendError
-        after = f" (timeout {timeout.total_seconds():g} s)" if timeout is not None else ""
-        raise CollectiveError(
-            f"robust_all_reduce: rank {dist.get_rank()} lost contact with the group during the {what}{after}: "
-            f"a rank died, hangs or called a different collective ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        ) from exc
 
 
 def _leaves(rule: Aggregator):
@@ -155,7 +187,7 @@ def _exchange(X: torch.Tensor, counts: List[int], bounds: List[int], rank: int, 
     recv = X.new_empty(sum(counts) * mine)
     work = dist.all_to_all_single(recv, send.contiguous(), output_split_sizes=[c * mine for c in counts],
                                   input_split_sizes=[k * wdt for wdt in widths], group=group, async_op=True)
-    _wait(work, "all_to_all of the update shards", timeout)
+    wait_collective(work, "all_to_all of the update shards", timeout)
     return recv.view(sum(counts), mine)
 
 
@@ -169,7 +201,8 @@ def _gather(out: Optional[torch.Tensor], failure: Optional[BaseException], bound
     world = len(bounds) - 1
     status = torch.tensor([float(failure is not None), float(out.shape[0]) if out is not None and out.dim() == 2 else -1.0],
                           dtype=torch.float64, device=device)
-    _wait(dist.all_reduce(status, op=dist.ReduceOp.MAX, group=group, async_op=True), "all_reduce of the status", timeout)
+    work = dist.all_reduce(status, op=dist.ReduceOp.MAX, group=group, async_op=True)
+    wait_collective(work, "all_reduce of the status", timeout)
     if failure is not None:
         raise failure
     if status[0] > 0:
@@ -185,19 +218,19 @@ def _gather(out: Optional[torch.Tensor], failure: Optional[BaseException], bound
         works = [dist.broadcast(full[bounds[j] : bounds[j + 1]], src=dist.get_global_rank(group, j) if group else j,
                                 group=group, async_op=True) for j in range(world) if bounds[j + 1] > bounds[j]]
         for work in works:
-            _wait(work, "all_gather of the aggregate", timeout)
+            wait_collective(work, "all_gather of the aggregate", timeout)
         return full
     if out.dim() == 1:  # shards of equal width but the last ones: the padded gather starts with the result
         full = out.new_empty(world * widest)
         mine = out if out.shape[0] == widest else torch.cat([out, out.new_zeros(widest - out.shape[0])])
         gather_into = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor  # renamed in torch 2.12
         work = gather_into(full, mine.contiguous(), group=group, async_op=True)
-        _wait(work, "all_gather of the aggregate", timeout)
+        wait_collective(work, "all_gather of the aggregate", timeout)
         return full[:d]
     padded = out.new_zeros(out.shape[:-1] + (widest,))
     padded[..., : out.shape[-1]] = out
     parts = [torch.empty_like(padded) for _ in range(world)]
-    _wait(dist.all_gather(parts, padded, group=group, async_op=True), "all_gather of the aggregate", timeout)
+    wait_collective(dist.all_gather(parts, padded, group=group, async_op=True), "all_gather of the aggregate", timeout)
     return torch.cat([parts[j][..., : bounds[j + 1] - bounds[j]] for j in range(world)], dim=-1)
 
 
@@ -257,7 +290,8 @@ def robust_all_reduce(tensor: torch.Tensor, rule: Aggregator, group=None,
     code = torch.tensor([X.shape[0], X.shape[1], _DTYPES.index(X.dtype) if X.dtype in _DTYPES else -1,
                          zlib.crc32(repr(rule).encode())], dtype=torch.int64, device=device)
     shapes = [torch.empty_like(code) for _ in range(world)]
-    _wait(dist.all_gather(shapes, code, group=group, async_op=True), "all_gather of the update shapes", timeout)
+    work = dist.all_gather(shapes, code, group=group, async_op=True)
+    wait_collective(work, "all_gather of the update shapes", timeout)
     shapes = [s.tolist() for s in shapes]
     if len({s[1] for s in shapes}) > 1 or len({s[2] for s in shapes}) > 1:
         raise ValueError(

@@ -55,7 +55,8 @@ from robustagg.aggregators import ops
 from robustagg.aggregators.base import Aggregator
 from robustagg.attacks import classic, optimized
 from robustagg.attacks.base import repeat_rows
-from robustagg.collective import CollectiveError, ShardComm, robust_all_reduce
+from robustagg.collective import ShardComm, robust_all_reduce
+from robustagg.collective.allreduce import guard_collective
 from robustagg.train.base import StepResult
 from robustagg.train.components import derive_seed
 from robustagg.train.results import History
@@ -168,8 +169,6 @@ class AllReduceTrainer(ParameterServer):
         self._mean: Optional[torch.Tensor] = None
         self._h = 0
         self._rows = 0
-        #: the step of the last checkpoint written or read (``None``: none yet), for error messages
-        self.checkpoint_step: Optional[int] = None
 
     def _sum(self, values: torch.Tensor) -> torch.Tensor:
         """The float64 sum over ranks (a rank that does not answer within the timeout raises
@@ -298,12 +297,9 @@ class AllReduceTrainer(ParameterServer):
                 "momentum": {} if self.worker_momentum is None else
                 {w: self.worker_momentum[w].cpu() for w in self.mine}}
         everything: List[Any] = [None] * self.world
-        try:  # a plain collective: it waits for the process group's timeout (the launcher's --timeout)
+        # a plain collective: it waits for the process group's timeout (the launcher's --timeout)
+        with guard_collective(f"collection of the checkpoint of step {self.t}", who="allreduce trainer"):
             dist.all_gather_object(everything, mine)
-        except RuntimeError as exc:
-            raise CollectiveError(f"rank {self.rank} lost contact with the group while collecting the checkpoint "
-                                  f"of step {self.t}: a rank died or hangs ({type(exc).__name__}: "
-                                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
         if self.rank != 0:
             self.checkpoint_step = self.t
             return path if path is not None else self.checkpoint_path
@@ -313,11 +309,9 @@ class AllReduceTrainer(ParameterServer):
                 self.loaders[w].load_state_dict(sub)
             self._momenta.update(state["momentum"])
         try:
-            written = super().save_checkpoint(path)
+            return super().save_checkpoint(path)
         finally:
             self._momenta = {}
-        self.checkpoint_step = self.t
-        return written
 
     def _state(self) -> Dict[str, Any]:
         state = super()._state()
@@ -331,7 +325,6 @@ class AllReduceTrainer(ParameterServer):
     def _load_state(self, state: Dict[str, Any]) -> None:
         momentum = self.worker_momentum
         super()._load_state(state)
-        self.checkpoint_step = self.t
         if momentum is not None:
             full = state["worker_momentum"]
             self.worker_momentum = {w: full[w].to(self.device).clone() for w in self.mine}

@@ -111,6 +111,8 @@ class Trainer:
         self.h = self.n - self.f
         self.seed = cfg.run.seed
         self.t = 0
+        #: the step of the last checkpoint written or read (``None``: none yet), for error messages
+        self.checkpoint_step: Optional[int] = None
         self.history = History()
         self.loaders: List[Any] = []
         self._elapsed = 0.0
@@ -302,6 +304,7 @@ class Trainer:
             if loader is not None:
                 loader.load_state_dict(sub)
         self._load_state(state["trainer"])
+        self.checkpoint_step = self.t
 
     def _check_config(self, saved: Dict[str, Any]) -> None:
         now = self.config.to_dict()
@@ -319,6 +322,7 @@ class Trainer:
         if path is None:
             raise ValueError("no checkpoint path: set run.out_dir or pass a path")
         ckpt.save(self.state_dict(), path)
+        self.checkpoint_step = self.t
         return path
 
     def load_checkpoint(self, path: Optional[Any] = None) -> Path:

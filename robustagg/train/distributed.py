@@ -29,7 +29,10 @@ on CPU with the same thread settings the final model is bitwise identical (teste
 
 Checkpoints go through rank 0: before writing, it collects every rank's loader positions and
 worker momenta (``STATE``); after loading one (``--resume``), it sends them back (``SYNC``).
-See ``docs/distributed.md`` for multi-machine launches, NCCL and failure behaviour.
+
+A rank that died or hangs makes the others raise :class:`~robustagg.collective.CollectiveError`
+within ``timeout``: the launcher prints one line naming it and the checkpoint to ``--resume``
+from. See ``docs/distributed.md`` for multi-machine launches, NCCL and failure behaviour.
 
 ``--topology allreduce`` trains the same configuration with no server at all: every rank
 keeps the model and the rule runs as :func:`robustagg.collective.robust_all_reduce`
@@ -49,6 +52,7 @@ import torch
 import torch.distributed as dist
 
 from robustagg.collective import CollectiveError
+from robustagg.collective.allreduce import guard_collective, wait_collective
 from robustagg.train.base import StepResult
 from robustagg.train.validation import check_device
 from robustagg.train.results import History
@@ -72,6 +76,9 @@ class DistributedParameterServer(ParameterServer):
     server_computes : bool
         Whether rank 0 also computes a block of workers (default; turn it off when the server
         should only aggregate, e.g. one GPU per worker rank).
+    timeout : float, optional
+        Seconds a collective waits for the other ranks before raising
+        :class:`~robustagg.collective.CollectiveError` (default, and for object collectives: the group's).
     **kwargs
         ``dataset``, ``aggregator``, ``attack`` as for :class:`~robustagg.train.ParameterServer`.
 
@@ -82,7 +89,8 @@ class DistributedParameterServer(ParameterServer):
     follow the same rule; only the evaluation statistics differ).
     """
 
-    def __init__(self, config: Any, *, server_computes: bool = True, **kwargs: Any) -> None:
+    def __init__(self, config: Any, *, server_computes: bool = True, timeout: Optional[float] = None,
+                 **kwargs: Any) -> None:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("torch.distributed is not initialised: call init_process_group first "
                                "(or launch with torchrun -m robustagg.train.distributed)")
@@ -102,18 +110,23 @@ class DistributedParameterServer(ParameterServer):
         self._command_buf = torch.zeros(2, dtype=torch.int64, device=self.comm_device)
         self._synced = False  # the other ranks have not received this rank-0 state yet
         self._have_x = False
+        self.timeout = None if timeout is None else datetime.timedelta(seconds=timeout)
+        self._announced: Optional[int] = None  # ranks > 0: the step of the checkpoint rank 0 is writing
 
     # ------------------------------------------------------------------ messages
+    def _wait(self, work: Any, what: str) -> None:
+        wait_collective(work, what, self.timeout, who="parameter server")
+
     def _command(self, cmd: int, t: int = 0) -> Tuple[int, int]:
         if self.rank == 0:
             self._command_buf[0], self._command_buf[1] = cmd, t
-        dist.broadcast(self._command_buf, 0)
+        self._wait(dist.broadcast(self._command_buf, 0, async_op=True), "broadcast of rank 0's command")
         return int(self._command_buf[0]), int(self._command_buf[1])
 
     def _broadcast_model(self) -> None:
         if self.rank == 0:
             self.xbuf.copy_(self.x)
-        dist.broadcast(self.xbuf, 0)
+        self._wait(dist.broadcast(self.xbuf, 0, async_op=True), "broadcast of the model")
         if self.rank != 0:
             if self.max_delay > 0 and self._have_x:  # the server pushed x_{t-1} in its last server_step
                 self.past.appendleft(self.x.clone())
@@ -128,10 +141,13 @@ class DistributedParameterServer(ParameterServer):
                 "past": [p.cpu() for p in self.past],
                 "loaders": {w: self.loaders[w].state_dict() for w in range(self.n) if self.loaders[w] is not None},
                 "momentum": None if self.worker_momentum is None else self.worker_momentum.cpu(),
+                "checkpoint_step": self.checkpoint_step,
             }
-        dist.broadcast_object_list(payload, src=0, device=self._object_device())
+        with guard_collective("broadcast of the resumed loaders and momenta", who="parameter server"):
+            dist.broadcast_object_list(payload, src=0, device=self._object_device())
         if self.rank != 0:
             state = payload[0]
+            self.checkpoint_step = state["checkpoint_step"]
             self.past.clear()
             self.past.extend(p.to(self.device) for p in state["past"])
             for w in self.mine:
@@ -147,7 +163,8 @@ class DistributedParameterServer(ParameterServer):
                 "momentum": {} if self.worker_momentum is None else
                 {w: self.worker_momentum[w].cpu() for w in self.mine}}
         everything: List[Any] = [None] * self.world
-        dist.all_gather_object(everything, mine, group=None)
+        with guard_collective(f"collection of the checkpoint of step {self.t}", who="parameter server"):
+            dist.all_gather_object(everything, mine, group=None)
         if self.rank == 0:
             for rank, state in enumerate(everything):
                 if rank == 0:
@@ -186,9 +203,10 @@ class DistributedParameterServer(ParameterServer):
 
     def _gather(self) -> None:
         if self.rank == 0:
-            dist.gather(self.sendbuf, gather_list=self.recvbufs, dst=0)
+            work = dist.gather(self.sendbuf, gather_list=self.recvbufs, dst=0, async_op=True)
         else:
-            dist.gather(self.sendbuf, dst=0)
+            work = dist.gather(self.sendbuf, dst=0, async_op=True)
+        self._wait(work, "gather of the workers' updates")
 
     def step(self) -> StepResult:
         """Rank 0: one distributed step (see the module docstring)."""
@@ -218,27 +236,33 @@ class DistributedParameterServer(ParameterServer):
         return self.finish_step(t, updates, loss, self._clock() - tic)
 
     def serve(self) -> None:
-        """Ranks > 0: follow rank 0's commands until it sends ``STOP``."""
+        """Ranks > 0: follow rank 0's commands until it sends ``STOP``. ``self.t`` follows the
+        steps and :attr:`checkpoint_step` the checkpoints, for :func:`lost_contact`."""
         while True:
             cmd, t = self._command(STOP)
+            if self._announced is not None:  # rank 0 sends nothing more before the file is written
+                self.checkpoint_step, self._announced = self._announced, None
             if cmd == STOP:
                 return
             if cmd == SYNC:
                 self._sync()
             elif cmd == STATE:
                 self._collect()
+                self._announced = t
             elif cmd == STEP:
+                self.t = t
                 self._broadcast_model()
                 self._pack(*self._compute_block(t))
                 self._gather()
+                self.t = t + 1
             else:
                 raise RuntimeError(f"rank {self.rank}: unknown command {cmd} from rank 0")
 
     # ------------------------------------------------------------------ run, checkpoints
     def run(self, steps: Optional[int] = None, **kwargs: Any) -> History:
         """Rank 0 trains (as :meth:`ParameterServer.run`) and then releases the other ranks;
-        the other ranks serve and return an empty :class:`History`. If rank 0 fails, the
-        other ranks are left waiting: ``torchrun`` stops them (or the collective timeout does)."""
+        the other ranks serve and return an empty :class:`History`. A rank that dies or hangs
+        makes the others raise :class:`~robustagg.collective.CollectiveError` within the timeout."""
         if self.rank != 0:
             self.serve()
             return History()
@@ -326,7 +350,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
             trainer = AllReduceTrainer(cfg, timeout=args.timeout)
         else:
-            trainer = DistributedParameterServer(cfg, server_computes=not args.no_server_compute)
+            trainer = DistributedParameterServer(cfg, server_computes=not args.no_server_compute, timeout=args.timeout)
         cli.default_threads(trainer, args)
         if trainer.rank == 0:
             print(f"robustagg.train.distributed: {trainer.world} rank(s), backend {backend}; workers per rank: "
