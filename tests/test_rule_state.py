@@ -81,5 +81,5 @@ def test_bad_state_dicts_name_the_key():
         ra.get("krum").load_state_dict({"center": None})
     with pytest.raises(TypeError, match="must be a dict"):
         ra.get("krum").load_state_dict([])
-    with pytest.raises(ValueError, match="1 stage\(s\), the pipeline has 2"):
+    with pytest.raises(ValueError, match=r"1 stage\(s\), the pipeline has 2"):
         ra.pipeline(ra.get("nnm"), ra.get("median")).load_state_dict({"stages": [{}]})
