@@ -3,7 +3,7 @@
     python experiments/bench_collective.py [--worlds 2 4] [--d 1e6] [--reps 3] [--write docs/collective.md]
 
 For each world size ``w`` and size ``d`` it starts ``w`` gloo processes on this machine; each
-rank holds one float32 update of ``d`` values. Per rule (one per family) it times, as the
+rank holds one float32 update of ``d`` values. Per rule (at least one per family) it times, as the
 slowest rank's median over ``reps`` calls after a warm-up:
 
 * ``all_reduce``: ``dist.all_reduce`` of the same tensor (the mean's cost floor), timed again
@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import robustagg as ra  # noqa: E402
 
-# one rule per family; f is the largest the bound allows for n = w (at most 1)
+# at least one rule per family (FLTrust and DnC besides); f is the largest the bound allows for n = w (at most 1)
 RULES = ["mean", "median", "trimmed-mean", "krum", "nnm>mean", "geometric-median", "flag", "fltrust", "dnc"]
 BEGIN, END = "<!-- bench_collective:begin -->", "<!-- bench_collective:end -->"
 

@@ -104,7 +104,7 @@ class ShardedAttack(Aggregator):
     every rank passes its honest rows and gets the ``(f, d)`` Byzantine rows.
 
     On coordinate shard :math:`S` it sees every honest row's values :math:`H_{:,S}`. ``mimic``
-    chooses :math:`i^*` from the centred Gram matrix :math:`K = \sum_S C_{:,S} C_{:,S}^	op`
+    chooses :math:`i^*` from the centred Gram matrix :math:`K = \sum_S C_{:,S} C_{:,S}^\top`
     (one all-reduce of ``h x h`` values) and returns :math:`H_{i^*,S}`; the ``*-opt`` attacks
     evaluate ``rule`` on :math:`[H_{:,S}; b_S(\lambda)]` for each candidate factor (the rule's own
     statistics summed over shards) and the damage

@@ -290,8 +290,8 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="torchrun --nproc-per-node N -m robustagg.train.distributed",
-        description="Train a parameter-server configuration across torch.distributed ranks "
-                    "(rank 0 aggregates; the others compute workers' updates).")
+        description="Train a configuration across torch.distributed ranks: --topology ps (rank 0 "
+                    "aggregates) or allreduce (no server: a robust all-reduce over coordinate shards).")
     cli.add_arguments(parser)
     parser.add_argument("--backend", choices=["auto", "gloo", "nccl"], default="auto",
                         help="auto: nccl when run.device is cuda, gloo otherwise")
