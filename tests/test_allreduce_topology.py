@@ -9,13 +9,14 @@ Run as a script (``torchrun ... tests/test_allreduce_topology.py OUT``) this fil
 that trains every case of :data:`CASES` and saves the final models in ``OUT``.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from subprocess_env import child_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
@@ -72,14 +73,9 @@ COUNTS = ("rows", "skipped", "skipped_nonfinite")  # history columns that must a
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def _env():
-    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                OMP_NUM_THREADS="1")
-
-
 def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=ROOT)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=child_env(), cwd=ROOT)
 
 
 def in_process(text: str):

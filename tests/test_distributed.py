@@ -6,7 +6,6 @@ The processes are started by ``torchrun --standalone`` (a free port on localhost
 command users run; each run has a timeout so a hang fails the test instead of blocking it.
 """
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from robustagg.train import ParameterServer, TrainConfig, checkpoint
+from subprocess_env import child_env
 from robustagg.train.distributed import DistributedParameterServer, assign_workers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,8 +69,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def torchrun(config: Path, out: Path, *args: str, nproc: int = 3) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               OMP_NUM_THREADS="1")
+    env = child_env()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "robustagg.train.distributed", str(config), "--out", str(out), "--no-progress",
            "--timeout", "60", *args]

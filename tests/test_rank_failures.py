@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from subprocess_env import child_env
+
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120
 
@@ -62,11 +64,6 @@ name = "dies"
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
-def _env():
-    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                OMP_NUM_THREADS="1")
-
-
 def _free_port() -> int:
     import socket
 
@@ -88,7 +85,7 @@ def _two_ranks(rank: int, t: int, how: str, args) -> tuple:
     wait for the other one. Returns ``(exit statuses, the survivor's stderr, seconds waited)``."""
     port, procs = str(_free_port()), []
     for r in range(2):
-        env = dict(_env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+        env = dict(child_env(), RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
         procs.append(subprocess.Popen([sys.executable, str(Path(__file__)), str(rank), str(t), how, *args],
                                       env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     survivor = procs[1 - rank]
@@ -106,7 +103,7 @@ def _two_ranks(rank: int, t: int, how: str, args) -> tuple:
 def _torchrun(*args: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
            "-m", "robustagg.train.distributed", *args]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=_env(), cwd=ROOT)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT, env=child_env(), cwd=ROOT)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
