@@ -98,9 +98,7 @@ class FLTrust(Aggregator):
         if over.numel():  # finite rows whose norm or inner product overflows the dtype: redo in float64
             rows = Xd.index_select(0, over).to(torch.float64)
             dots[over], norms[over] = rows @ g0.to(device=rows.device, dtype=torch.float64), ops.row_norms(rows)
-        # |g0|^2 in float64, chunk by chunk (no float64 copy of g0: 2 d values)
-        g0_sq = sum((torch.linalg.vector_norm(c.to(torch.float64)) ** 2 for c in g0.split(1 << 16)),
-                    torch.zeros((), dtype=torch.float64, device=g0.device)).reshape(1)
+        g0_sq = ops.sq_distances_to(g0[None, :], None)  # |g0|^2 in float64, chunk by chunk
         n = X.shape[0]
         sums = self._sum_over_shards(torch.cat([dots, norms**2, g0_sq]))
         return sums[:n], sums[n : 2 * n].sqrt(), float(sums[2 * n].sqrt()), source

@@ -249,12 +249,15 @@ def coordinate_mean_around_median(X: torch.Tensor, k: int, rows: Optional[torch.
     return _run(X, _networks.make_plan(_count(X, rows), "around", k), rows)
 
 
-def sq_distances_to(X: torch.Tensor, v: torch.Tensor, chunk: int = 1 << 16) -> torch.Tensor:
-    """``||x_i - v||^2`` for every row in float64, from explicit differences on column chunks."""
-    dtype = accumulation_dtype(X.dtype)
+def sq_distances_to(X: torch.Tensor, v: Optional[torch.Tensor], chunk: int = 1 << 16) -> torch.Tensor:
+    """``||x_i - v||^2`` for every row in float64, from explicit differences on column chunks
+    (``v=None``: the squared norms ``||x_i||^2``, without a float64 copy of ``X``)."""
+    dtype = torch.float64 if v is None else accumulation_dtype(X.dtype)
     acc = torch.zeros(X.shape[0], dtype=torch.float64, device=X.device)
     for c0 in range(0, X.shape[1], chunk):
-        block = X[:, c0 : c0 + chunk].to(dtype) - v[c0 : c0 + chunk].to(dtype)
+        block = X[:, c0 : c0 + chunk].to(dtype)
+        if v is not None:
+            block = block - v[c0 : c0 + chunk].to(dtype)
         acc += (block * block).sum(dim=1, dtype=torch.float64)
     return acc
 

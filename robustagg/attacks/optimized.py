@@ -57,12 +57,13 @@ def evaluate_rule(aggregator: Any, X: torch.Tensor, shards: Any = None) -> torch
     shard (as inside :func:`~robustagg.collective.robust_all_reduce`); the output is that shard's.
     """
     rule = copy.deepcopy(aggregator)
-    if shards is not None:
-        from robustagg.collective.allreduce import _leaves
+    if shards is None:
+        out = rule.aggregate(X) if hasattr(rule, "aggregate") else rule(X)
+    else:
+        from robustagg.collective.allreduce import on_shards
 
-        for part in _leaves(rule):
-            part._shards = shards
-    out = rule.aggregate(X) if hasattr(rule, "aggregate") else rule(X)
+        with on_shards(rule, shards):
+            out = rule.aggregate(X)
     if not isinstance(out, torch.Tensor):
         out = torch.as_tensor(out)
     if out.dim() != 1:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import zlib
-from typing import Any, Iterator, List, Optional, Tuple
+from typing import Any, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -37,8 +37,8 @@ import torch.distributed as dist
 from robustagg.aggregators.base import Aggregator
 from robustagg.aggregators.pipeline import Pipeline
 
-__all__ = ["CollectiveError", "ShardComm", "guard_collective", "robust_all_reduce", "shard_bounds",
-           "wait_collective"]
+__all__ = ["CollectiveError", "ShardComm", "guard_collective", "on_shards", "robust_all_reduce",
+           "shard_bounds", "wait_collective"]
 
 
 class CollectiveError(RuntimeError):
@@ -154,6 +154,20 @@ def _leaves(rule: Aggregator):
     if isinstance(rule, Pipeline):
         for stage in rule.stages:
             yield from _leaves(stage)
+
+
+@contextlib.contextmanager
+def on_shards(rule: Aggregator, comm: "ShardComm") -> Iterator[Aggregator]:
+    """``rule`` (and every stage of a pipeline) with its ``_*_over_shards`` hooks completed by
+    ``comm`` inside the block: its statistics are then sums over every rank's shard."""
+    parts = list(_leaves(rule))
+    for part in parts:
+        part._shards = comm
+    try:
+        yield rule
+    finally:
+        for part in parts:
+            part.__dict__.pop("_shards", None)
 
 
 def _final(rule: Aggregator) -> Aggregator:
@@ -310,17 +324,12 @@ def robust_all_reduce(tensor: torch.Tensor, rule: Aggregator, group=None,
     shard = _exchange(X.contiguous(), counts, bounds, rank, group, timeout)
     # 3. the rule's own contract path on the shard, its statistics summed over ranks
     comm = ShardComm(group, bounds[rank], d, device, timeout)
-    parts = list(_leaves(rule))
-    for part in parts:
-        part._shards = comm
     out, failure = None, None
     try:
-        out = rule.aggregate(shard)
+        with on_shards(rule, comm):
+            out = rule.aggregate(shard)
     except (ValueError, TypeError, ArithmeticError, RuntimeError) as exc:
         failure = exc
-    finally:
-        for part in parts:
-            part.__dict__.pop("_shards", None)
     if isinstance(failure, CollectiveError):
         raise failure
     del shard  # the received block (n d / w values): freed before the result is gathered

@@ -14,11 +14,11 @@ import torch
 from robustagg._io import remove_stale_temporaries
 from robustagg.train import checkpoint as ckpt
 from robustagg.train.components import load_dataset, model_factory, partition
-from robustagg.train.validation import check_device
 from robustagg.train.config import TrainConfig, load_config
 from robustagg.train.flat import FlatModel
 from robustagg.train.optim import learning_rate, resolve_schedule
 from robustagg.train.results import History, write_results
+from robustagg.train.validation import check_device
 from robustagg.train.worker import loss_function
 
 #: Per-step statistics summed over the steps of a history row (``rows`` is averaged).

@@ -54,9 +54,9 @@ import torch.distributed as dist
 from robustagg.collective import CollectiveError
 from robustagg.collective.allreduce import guard_collective, wait_collective
 from robustagg.train.base import StepResult
-from robustagg.train.validation import check_device
 from robustagg.train.results import History
 from robustagg.train.server import ParameterServer
+from robustagg.train.validation import check_device
 from robustagg.train.worker import assign_workers  # noqa: F401  (its home before the allreduce topology)
 
 STEP, SYNC, STATE, STOP = 0, 1, 2, 3
